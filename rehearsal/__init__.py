@@ -1,0 +1,1 @@
+"""The local rehearsal stack: real services the rollback is rehearsed against."""

@@ -1,0 +1,18 @@
+"""Shared test set-up.
+
+- Our module_utils import each other as `ansible.module_utils.<name>`, as Ansible packages them;
+  extending that package's path lets unit tests import them the same way, without Ansible running.
+- Every file in tests/fixtures/ is a pytest plugin: session fixtures for the real services
+  (PostgreSQL, Unleash, the rehearsal stack) live there, one file per service, started once.
+"""
+
+from pathlib import Path
+
+import ansible.module_utils
+
+ROOT = Path(__file__).resolve().parent.parent
+ansible.module_utils.__path__.append(str(ROOT / "plugins" / "module_utils"))
+
+pytest_plugins = sorted(
+    f"tests.fixtures.{path.stem}" for path in (ROOT / "tests" / "fixtures").glob("*.py") if path.stem != "__init__"
+)
