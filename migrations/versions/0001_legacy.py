@@ -39,9 +39,7 @@ def upgrade() -> None:
         sa.Column("engine", sa.Text(), nullable=False, server_default=sa.text("'legacy'")),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False, server_default=sa.text("now()")),
         sa.PrimaryKeyConstraint("id", name="transformation_results_pkey"),
-        sa.ForeignKeyConstraint(
-            ["document_id"], ["documents.id"], name="transformation_results_document_id_fkey"
-        ),
+        sa.ForeignKeyConstraint(["document_id"], ["documents.id"], name="transformation_results_document_id_fkey"),
     )
     op.create_index("ix_transformation_results_document_id", "transformation_results", ["document_id"])
 
