@@ -7,6 +7,8 @@ token and a backend ("client") token are created at start-up through Unleash's d
 variables (https://docs.getunleash.io/using-unleash/deploy/configuring-unleash, "INIT_ADMIN_API_TOKENS",
 "INIT_BACKEND_API_TOKENS"), with random secrets kept 0600 in the workdir, so a new object on the same
 workdir (another process, `rehearsal down`) reads them back and can `stop()` the server by its pid.
+Unleash inserts these tokens only into a database that has no API token yet, so one database belongs
+to one workdir: `start()` checks that the admin token is accepted and fails clearly if it is not.
 
 Token formats (Unleash v5+, https://docs.getunleash.io/concepts/api-tokens-and-client-keys):
 - admin: `*:*.<secret>` (all projects, all environments; Unleash refuses an admin token scoped otherwise);
@@ -174,6 +176,21 @@ class UnleashServer:
                 raise UnleashError(f"Unleash did not answer /health within {timeout:.0f}s:\n{self.log_tail()}")
             time.sleep(0.1)
         self.start_seconds = time.monotonic() - started
+        self._check_admin_token()
+
+    def _check_admin_token(self) -> None:
+        # Unleash creates the INIT_* tokens only in a database that holds no API token yet
+        # (ApiTokenService.initApiTokens): a database first used with another workdir keeps its own
+        # tokens, and ours would be refused with 401. Say so now rather than at the first flag call.
+        status = requests.get(
+            self.url + "/api/admin/projects", headers={"Authorization": self.admin_token}, timeout=10
+        ).status_code
+        if status == 401:
+            self.stop()
+            raise UnleashError(
+                "Unleash refused this workdir's admin token: its database already holds API tokens from "
+                "another set-up; give it a fresh database, or reuse the workdir that first used it."
+            )
 
     def stop(self, timeout: float = 20) -> None:
         """Stop the server by its recorded pid (SIGTERM, then SIGKILL) and wait until it is gone."""
