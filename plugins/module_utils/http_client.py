@@ -74,10 +74,11 @@ class HttpStatusError(HttpError):
 class HttpGaveUp(HttpError):
     """Every attempt failed with a retryable error and the `max_wait` budget is spent."""
 
-    def __init__(self, message: str, attempts: int, status: int | None = None):
+    def __init__(self, message: str, attempts: int, status: int | None = None, failure: str = ""):
         super().__init__(message)
         self.attempts = attempts
         self.status = status
+        self.failure = failure  # the last failure alone, e.g. "answered 503" or "timed out (ReadTimeout)"
 
 
 @dataclass
@@ -187,16 +188,17 @@ class HttpClient:
         """Start the `max_wait` budget that every following request shares (one module run, one budget)."""
         self.deadline = self.clock() + self.max_wait
 
-    def warnings_for(self, url: str) -> list[str]:
+    def warnings_for(self, url: str, carries_secret: bool = True) -> list[str]:
         """What an operator must be told about how `url` will be reached (never silent)."""
         notes = []
         scheme = urlsplit(url).scheme
         if scheme == "https" and not self.validate_certs:
             notes.append(
                 f"TLS certificate verification is OFF for {self.safe_url(url)} (validate_certs=false): "
-                "anyone on the path could read the API key; give ca_path instead."
+                + ("anyone on the path could read the API key" if carries_secret else "its answers could be forged")
+                + "; give ca_path instead."
             )
-        if scheme == "http" and not is_loopback(url):
+        if scheme == "http" and carries_secret and not is_loopback(url):
             notes.append(
                 f"{self.safe_url(url)} is plain http: the API key and the change travel unencrypted; use https."
             )
@@ -295,6 +297,7 @@ class HttpClient:
                     ),
                     attempts=attempt,
                     status=status,
+                    failure=failure,
                 )
             self.sleep(wait)
 

@@ -1,0 +1,197 @@
+#!/usr/bin/python
+"""Ansible module: the propagation barrier between "flag off" and "schema revert"."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: flag_propagation
+short_description: Wait until every application instance reports the legacy path
+description:
+  - Polls the C(/status) endpoint of every application instance concurrently, round after round, until
+    one round sees all of them report I(expected_path) in the field I(path_key), or I(timeout) passes.
+  - For applications without a status endpoint, I(cache_ttl) makes the barrier also wait until that
+    many seconds have passed (the SDK's flag cache lifetime); with no I(status_urls) it only waits the TTL.
+  - On timeout it fails naming every instance still on another path or unreadable, with its last
+    reported path and C(last_refresh).
+  - 'The status JSON is the one of docs/interfaces.md, e.g.
+    C({"instance": "app-1", "path": "legacy", "last_refresh": "...", "refresh_interval": 1.0}).'
+  - Never changes anything, so C(changed) is always false.
+version_added: "0.1.0"
+author:
+  - Emergency rollback runbook (SEQ-OF-004)
+attributes:
+  check_mode:
+    support: full
+    description: Polls each instance once and reports what it says; does not wait and does not fail on a straggler.
+  diff_mode:
+    support: none
+options:
+  status_urls:
+    description: The status URL of every application instance, e.g. C(https://app-1.example.com/status).
+    type: list
+    elements: str
+    default: []
+  expected_path:
+    description: The value of I(path_key) every instance must report.
+    type: str
+    default: legacy
+  path_key:
+    description: The field of the status JSON that names the path.
+    type: str
+    default: path
+  timeout:
+    description: Seconds to wait in all before failing.
+    type: float
+    default: 60
+  interval:
+    description: Seconds between two polling rounds.
+    type: float
+    default: 1
+  cache_ttl:
+    description:
+      - Seconds the barrier waits at least, for applications that have no status endpoint (their flag SDK's
+        cache lifetime). 0 when every application has a status endpoint. Must not exceed I(timeout).
+    type: float
+    default: 0
+  request_timeout:
+    description: Seconds for one status request (connect and read).
+    type: float
+    default: 5
+  validate_certs:
+    description: Verify the instances' TLS certificates. Turning it off is reported as a warning; prefer I(ca_path).
+    type: bool
+    default: true
+  ca_path:
+    description: A CA bundle (PEM) to verify the instances' certificates with.
+    type: path
+notes:
+  - "Runs on the controller; use C(delegate_to: localhost) and C(run_once) per environment."
+seealso:
+  - module: feature_flag
+"""
+
+EXAMPLES = r"""
+- name: Wait until every instance is on the legacy path
+  flag_propagation:
+    status_urls:
+      - https://app-1.example.com/status
+      - https://app-2.example.com/status
+    timeout: 60
+    interval: 1
+
+- name: An app without a status endpoint, whose SDK caches flags for 30 s
+  flag_propagation:
+    cache_ttl: 30
+    timeout: 45
+"""
+
+RETURN = r"""
+elapsed_seconds:
+  description: Seconds the barrier took (until every instance was on the path and the TTL had passed).
+  returned: always
+  type: float
+  sample: 1.27
+rounds:
+  description: Polling rounds made.
+  returned: always
+  type: int
+  sample: 2
+expected_path:
+  description: The path waited for.
+  returned: always
+  type: str
+  sample: legacy
+waited_for_cache_ttl:
+  description: The cache TTL the barrier honoured (0 when none).
+  returned: always
+  type: float
+  sample: 0
+instances:
+  description: Per instance, what it reported last.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    url:
+      description: The status URL.
+      type: str
+    instance:
+      description: The instance's own name, if it reports one.
+      type: str
+    path:
+      description: The path it reported last (null if it could not be read).
+      type: str
+    last_refresh:
+      description: When it last refreshed its flags, as it reports.
+      type: str
+    error:
+      description: Why it could not be read on the last round, or null.
+      type: str
+    polls:
+      description: Status requests sent to it.
+      type: int
+"""
+
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+try:
+    from ansible.module_utils.flag_barrier import BarrierConfigError, BarrierTimeout, wait_for_path
+    from ansible.module_utils.http_client import HttpClient, HttpError, http_argument_spec
+
+    IMPORT_ERROR = None
+except ImportError as exc:  # requests missing on the controller
+    IMPORT_ERROR = exc
+
+
+def argument_spec() -> dict:
+    spec = http_argument_spec()
+    spec["request_timeout"] = spec.pop("timeout")
+    spec.update(
+        status_urls={"type": "list", "elements": "str", "default": []},
+        expected_path={"type": "str", "default": "legacy"},
+        path_key={"type": "str", "default": "path"},
+        timeout={"type": "float", "default": 60.0},
+        interval={"type": "float", "default": 1.0},
+        cache_ttl={"type": "float", "default": 0.0},
+    )
+    return spec
+
+
+def main() -> None:
+    if IMPORT_ERROR is not None:
+        AnsibleModule(argument_spec={}, supports_check_mode=True).fail_json(
+            msg=missing_required_lib("requests"), exception=str(IMPORT_ERROR)
+        )
+    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
+    params = module.params
+    try:
+        client = HttpClient(
+            timeout=params["request_timeout"],
+            max_wait=0,
+            validate_certs=params["validate_certs"],
+            ca_path=params["ca_path"],
+        )
+        for warning in dict.fromkeys(
+            w for url in params["status_urls"] for w in client.warnings_for(url, carries_secret=False)
+        ):
+            module.warn(warning)
+        result = wait_for_path(
+            client,
+            params["status_urls"],
+            expected_path=params["expected_path"],
+            path_key=params["path_key"],
+            timeout=params["timeout"],
+            interval=params["interval"],
+            cache_ttl=params["cache_ttl"],
+            check_mode=module.check_mode,
+        )
+    except BarrierTimeout as exc:
+        module.fail_json(msg=str(exc), changed=False, **exc.result)
+    except (BarrierConfigError, HttpError) as exc:
+        module.fail_json(msg=str(exc), changed=False)
+    module.exit_json(changed=False, **result)
+
+
+if __name__ == "__main__":
+    main()
