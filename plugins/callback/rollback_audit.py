@@ -131,7 +131,7 @@ def _load_helper(name: str):
     try:
         return importlib.import_module(f"ansible.module_utils.{name}")
     except ImportError:
-        import ansible.module_utils  # noqa: PLC0415
+        import ansible.module_utils
 
         ansible.module_utils.__path__.append(str(Path(__file__).resolve().parent.parent / "module_utils"))
         return importlib.import_module(f"ansible.module_utils.{name}")
@@ -363,7 +363,7 @@ class CallbackModule(CallbackBase):
     def _write_pg(self, record: dict, in_file: bool) -> None:
         run = self._run
         try:
-            import psycopg2  # noqa: PLC0415 - optional: only for the PostgreSQL sink
+            import psycopg2
         except ImportError:
             self._audit_warning("pg_dsn is set but psycopg2 is not installed on the controller: no PostgreSQL copy")
             return
@@ -670,5 +670,6 @@ class CallbackModule(CallbackBase):
         file_error = self._write(redaction.scrub_all(record, run.secrets))
         if os.getpid() == run.pid:
             self._restore_signal_handlers()
+            atexit.unregister(self._at_exit)
         if file_error:
             self._file_failed(file_error, "at the end: this run has no end record")
