@@ -1,0 +1,309 @@
+"""The TransformationEngine stand-in: a Flask app that routes `POST /transform` by the feature flag.
+
+It plays REPO-APP-API-001 of SEQ-OF-004 against the real schema and the real Unleash SDK:
+
+- flag on  -> the new logic: `documents.transform_version = 2` and a `transformation_jobs` row;
+- flag off -> the legacy logic: `documents` (no `transform_version` named) and `transformation_results`.
+
+The flag is read per request from the SDK's in-memory state, which the SDK refreshes from Unleash
+every `refresh_interval` seconds (15 s by default, as in production). With the flag on and the
+feature's schema gone, the new path fails with 503: what a wrong rollback order looks like.
+
+Run one instance:  python -m rehearsal.app --instance app-1 --port 8081
+Secrets come from the environment only: TE_DB_DSN (the `app_rw` DSN), TE_UNLEASH_TOKEN (a client token).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import sys
+import threading
+import time
+import uuid
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import psycopg2
+import psycopg2.errors
+import psycopg2.pool
+from flask import Flask, Response, g, jsonify, request
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+FLAG = "DataTransformationFeature"
+DEFAULT_REFRESH_INTERVAL = 15.0
+
+LEGACY_SQL = (
+    "INSERT INTO documents (external_ref, payload, status) VALUES (%s, %s, 'transformed') RETURNING id",
+    "INSERT INTO transformation_results (document_id, output, engine) VALUES (%s, %s, 'legacy')",
+)
+NEW_SQL = (
+    "INSERT INTO documents (external_ref, payload, status, transform_version) "
+    "VALUES (%s, %s, 'transformed', 2) RETURNING id",
+    "INSERT INTO transformation_jobs (document_id, stage, pipeline_version, output) VALUES (%s, 'succeeded', 2, %s)",
+)
+
+
+class RequestError(ValueError):
+    """The request body cannot be transformed (400)."""
+
+
+# -- the feature flag -------------------------------------------------------------------------------
+@dataclass
+class FlagState:
+    """What the SDK last fetched, as the app sees it."""
+
+    last_refresh: datetime | None = None
+    last_refresh_status: int | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def record(self, response, *_args, **_kwargs):
+        """requests' response hook, on every SDK call: a 200 or 304 of the features endpoint is a refresh."""
+        if "/client/features" in response.url:
+            with self.lock:
+                self.last_refresh_status = response.status_code
+                if response.status_code in (200, 304):
+                    self.last_refresh = datetime.now(UTC)
+        return response
+
+
+class UnleashFlags:
+    """The real Unleash Python SDK, polling every `refresh_interval` seconds."""
+
+    def __init__(self, url: str, token: str, instance: str, refresh_interval: float, cache_dir: str | None):
+        from UnleashClient import UnleashClient  # noqa: PLC0415 - heavy import, only when the SDK is used
+
+        logging.getLogger("UnleashClient").setLevel(logging.WARNING)
+        self.state = FlagState()
+        self.refresh_interval = refresh_interval
+        self.client = UnleashClient(
+            url=url,
+            app_name="transformation-engine",
+            environment="production",
+            instance_id=instance,
+            refresh_interval=refresh_interval,  # seconds; APScheduler takes a float
+            request_timeout=5,
+            request_retries=0,
+            disable_metrics=True,
+            custom_headers={"Authorization": token},
+            custom_options={"hooks": {"response": [self.state.record]}},
+            cache_directory=cache_dir,
+        )
+
+    def start(self) -> None:
+        self.client.initialize_client()
+
+    def is_enabled(self, name: str) -> bool:
+        return self.client.is_enabled(name)
+
+    def stop(self) -> None:
+        self.client.destroy()
+
+
+# -- the database ---------------------------------------------------------------------------------
+class Database:
+    """A small thread-safe pool of `app_rw` connections; a broken connection is discarded, not reused."""
+
+    def __init__(self, dsn: str, size: int, statement_timeout_ms: int):
+        options = f"-c statement_timeout={statement_timeout_ms} -c application_name=transformation-engine"
+        # minconn = maxconn: psycopg2 closes a returned connection when the pool holds minconn already,
+        # and a new connection costs a SCRAM handshake (several ms of CPU on both sides).
+        self.pool = psycopg2.pool.ThreadedConnectionPool(size, size, dsn, options=options, connect_timeout=5)
+
+    @contextmanager
+    def transaction(self):
+        conn = self.pool.getconn()
+        broken = False
+        try:
+            with conn, conn.cursor() as cur:  # commits on success, rolls back on error
+                yield cur
+        except (psycopg2.OperationalError, psycopg2.InterfaceError):
+            broken = True
+            raise
+        finally:
+            self.pool.putconn(conn, close=broken or bool(conn.closed))
+
+    def close(self) -> None:
+        self.pool.closeall()
+
+
+def _output(payload: dict, engine: str) -> dict:
+    canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))
+    return {"engine": engine, "fields": sorted(payload), "sha256": hashlib.sha256(canonical.encode()).hexdigest()}
+
+
+def transform(db: Database, new_path: bool, external_ref: str, payload: dict) -> int:
+    """One document through the legacy or the new logic, in one transaction; the document id."""
+    insert_document, insert_result = NEW_SQL if new_path else LEGACY_SQL
+    output = _output(payload, "v2" if new_path else "legacy")
+    with db.transaction() as cur:
+        cur.execute(insert_document, (external_ref, json.dumps(payload)))
+        (document_id,) = cur.fetchone()
+        cur.execute(insert_result, (document_id, json.dumps(output)))
+    return document_id
+
+
+def _parse(body: object) -> tuple[str, dict]:
+    if body is None:
+        return f"req-{uuid.uuid4().hex}", {}
+    if not isinstance(body, dict):
+        raise RequestError("the body must be a JSON object")
+    external_ref = body.get("external_ref") or f"req-{uuid.uuid4().hex}"
+    payload = body.get("payload", {})
+    if not isinstance(external_ref, str) or not isinstance(payload, dict):
+        raise RequestError("external_ref must be a string and payload a JSON object")
+    return external_ref, payload
+
+
+# -- the web app ----------------------------------------------------------------------------------
+def create_app(instance: str, flags, db: Database, flag_name: str = FLAG) -> Flask:
+    disable_created_metrics()  # no *_created series: half the exposition, nothing we query
+    app = Flask(f"transformation-engine-{instance}")
+    registry = CollectorRegistry()
+    requests_total = Counter(
+        "http_requests", "Finished HTTP requests.", ["path", "method", "status"], registry=registry
+    )
+    duration = Histogram(
+        "http_request_duration_seconds",
+        "HTTP request duration.",
+        ["path"],
+        registry=registry,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    )
+    flag_gauge = Gauge("transformation_flag_enabled", "1 when this instance takes the new path.", registry=registry)
+    # Series that exist from the start at 0: rate() cannot see the first increment of a new series,
+    # so a first burst of 503s would be invisible to the error-rate query without this.
+    for status in ("200", "400", "409", "500", "503"):
+        requests_total.labels("/transform", "POST", status)
+    refresh_gauge = Gauge(
+        "transformation_flag_last_refresh_timestamp_seconds",
+        "When this instance last fetched its flags from Unleash.",
+        registry=registry,
+    )
+
+    @app.before_request
+    def _start_timer():
+        g.started = time.perf_counter()
+
+    @app.after_request
+    def _count(response: Response):
+        rule = request.url_rule.rule if request.url_rule else "unmatched"
+        if rule != "/metrics":
+            requests_total.labels(rule, request.method, str(response.status_code)).inc()
+            duration.labels(rule).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+        return response
+
+    @app.errorhandler(Exception)
+    def _unexpected(exc: Exception):
+        code = getattr(exc, "code", None)
+        if isinstance(code, int) and 400 <= code < 500:  # werkzeug's HTTPExceptions: 404, 405, ...
+            return jsonify(error=type(exc).__name__, detail=str(exc)), code
+        app.logger.exception("unexpected error")
+        return jsonify(error=type(exc).__name__, instance=instance), 500
+
+    @app.post("/transform")
+    def _transform():
+        new_path = flags.is_enabled(flag_name)
+        path = "new" if new_path else "legacy"
+        try:
+            external_ref, payload = _parse(request.get_json(silent=True))
+        except RequestError as exc:
+            return jsonify(error="RequestError", detail=str(exc), instance=instance, path=path), 400
+        try:
+            document_id = transform(db, new_path, external_ref, payload)
+        except psycopg2.errors.UniqueViolation:
+            return jsonify(error="UniqueViolation", detail="external_ref exists", instance=instance, path=path), 409
+        except psycopg2.Error as exc:
+            # The error class only: a DB message may quote data, and this is what a client sees.
+            return jsonify(error=type(exc).__name__, instance=instance, path=path), 503
+        return jsonify(instance=instance, path=path, document_id=document_id, external_ref=external_ref)
+
+    @app.get("/status")
+    def _status():
+        enabled = flags.is_enabled(flag_name)
+        with flags.state.lock:
+            last, last_status = flags.state.last_refresh, flags.state.last_refresh_status
+        return jsonify(
+            instance=instance,
+            flag=flag_name,
+            flag_enabled=enabled,
+            path="new" if enabled else "legacy",
+            last_refresh=last.isoformat() if last else None,
+            last_refresh_status=last_status,
+            refresh_interval=float(flags.refresh_interval),
+        )
+
+    @app.get("/healthz")
+    def _healthz():
+        problems = []
+        if flags.state.last_refresh is None:
+            problems.append("flags never fetched from Unleash")
+        try:
+            with db.transaction() as cur:
+                cur.execute("SELECT 1")
+        except psycopg2.Error as exc:
+            problems.append(f"database: {type(exc).__name__}")
+        body = {"instance": instance, "status": "fail" if problems else "ok", "problems": problems}
+        return jsonify(body), 503 if problems else 200
+
+    @app.get("/metrics")
+    def _metrics():
+        flag_gauge.set(1 if flags.is_enabled(flag_name) else 0)
+        if flags.state.last_refresh:
+            refresh_gauge.set(flags.state.last_refresh.timestamp())
+        return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m rehearsal.app", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--instance", required=True, help="instance name, e.g. app-1")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--unleash-url", required=True, help="Unleash base URL (the SDK talks to <url>/api)")
+    parser.add_argument(
+        "--refresh-interval",
+        type=float,
+        default=float(os.environ.get("TE_REFRESH_INTERVAL", DEFAULT_REFRESH_INTERVAL)),
+        help="seconds between flag fetches (env TE_REFRESH_INTERVAL; default 15, as in production)",
+    )
+    parser.add_argument("--flag", default=FLAG)
+    parser.add_argument("--cache-dir", help="the SDK's file cache")
+    parser.add_argument("--threads", type=int, default=6, help="waitress worker threads = DB pool size")
+    parser.add_argument("--statement-timeout-ms", type=int, default=10000)
+    args = parser.parse_args(argv)
+    missing = [name for name in ("TE_DB_DSN", "TE_UNLEASH_TOKEN") if not os.environ.get(name)]
+    if missing:
+        print(
+            f"rehearsal.app: set {' and '.join(missing)} in the environment (secrets are not options).", file=sys.stderr
+        )
+        return 2
+    if args.refresh_interval <= 0:
+        print("rehearsal.app: --refresh-interval must be a positive number of seconds.", file=sys.stderr)
+        return 2
+
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {args.instance} %(name)s %(levelname)s %(message)s")
+    import waitress  # noqa: PLC0415
+
+    db = Database(os.environ["TE_DB_DSN"], size=args.threads, statement_timeout_ms=args.statement_timeout_ms)
+    flags = UnleashFlags(
+        args.unleash_url.rstrip("/") + "/api",
+        os.environ["TE_UNLEASH_TOKEN"],
+        args.instance,
+        args.refresh_interval,
+        args.cache_dir,
+    )
+    flags.start()
+    app = create_app(args.instance, flags, db, args.flag)
+    waitress.serve(app, host=args.host, port=args.port, threads=args.threads, ident=None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
