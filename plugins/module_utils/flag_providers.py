@@ -456,13 +456,14 @@ def make_provider(  # noqa: PLR0917
     http_options: dict[str, Any] | None = None,
 ) -> FlagProvider:
     """The provider object for `provider` (one of PROVIDERS)."""
-    args = (client, api_url, api_key, flag, project, environment)
+    args = (client, api_url, api_key, flag)
+    where = {"project": project, "environment": environment}
     if provider == "unleash":
-        return UnleashProvider(*args)
+        return UnleashProvider(*args, **where)
     if provider == "launchdarkly":
-        return LaunchDarklyProvider(*args)
+        return LaunchDarklyProvider(*args, **where)
     if provider == "http":
-        return HttpProvider(*args, options=http_options)
+        return HttpProvider(*args, options=http_options, **where)
     raise FlagConfigError(f"Unknown provider {provider!r}: use one of {', '.join(PROVIDERS)}.")
 
 

@@ -38,6 +38,7 @@ RETRY_STATUSES = frozenset({429}) | frozenset(range(500, 600))
 BACKOFF_FIRST = 0.5  # seconds; doubled per attempt, capped, with jitter
 BACKOFF_CAP = 8.0
 MAX_MESSAGE = 200  # characters of a server's error text quoted in a message
+_jitter = random.SystemRandom()
 
 
 def http_argument_spec() -> dict[str, dict[str, Any]]:
@@ -179,8 +180,11 @@ class HttpClient:
             raise HttpConfigError("max_wait must be zero or more seconds: set max_wait to e.g. 30.")
         self.session = requests.Session()
         self.session.headers.update({"User-Agent": USER_AGENT, "Accept": "application/json", **self.headers})
-        # Verification is on unless the operator turned it off; the module warns when they do.
-        self.session.verify = (self.ca_path or True) if self.validate_certs else False
+        # Verification is on unless the operator turned it off; the module warns when they do. It is
+        # passed with every request: a Session-level `verify` loses to REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE
+        # in the environment (requests' merge_environment_settings), which would silently ignore
+        # ca_path and validate_certs. With True, such a variable still names the default trust store.
+        self.verify: bool | str = (self.ca_path or True) if self.validate_certs else False
         self.requests_sent = 0
         self.deadline: float | None = None
 
@@ -251,7 +255,13 @@ class HttpClient:
                     # urllib3 warns on every unverified request; the module has warned once already.
                     warnings.simplefilter("ignore")
                     answer = self.session.request(
-                        method, url, json=json_body, headers=headers, params=params, timeout=self.timeout
+                        method,
+                        url,
+                        json=json_body,
+                        headers=headers,
+                        params=params,
+                        timeout=self.timeout,
+                        verify=self.verify,
                     )
             except requests.exceptions.SSLError as exc:
                 raise HttpTlsError(
@@ -281,7 +291,7 @@ class HttpClient:
                 ]
                 hinted = [w for w in waits if w is not None]
                 retry_in = max(hinted) if hinted else None
-            backoff = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (attempt - 1)) * random.uniform(0.5, 1.0)  # noqa: S311
+            backoff = min(BACKOFF_CAP, BACKOFF_FIRST * 2 ** (attempt - 1)) * _jitter.uniform(0.5, 1.0)
             wait = max(retry_in, 0.05) if retry_in is not None else backoff
             left = deadline - self.clock()
             if wait > left:

@@ -292,8 +292,8 @@ def main() -> None:
             params["api_url"],
             params["api_key"] or "",
             params["flag"],
-            params["project"],
-            params["environment"],
+            project=params["project"],
+            environment=params["environment"],
             http_options={key: params[key] for key in params if key.startswith("http_")},
         )
         outcome = switch_flag(provider, params["state"], check_mode=module.check_mode, comment=params["comment"])

@@ -1,0 +1,1 @@
+"""Contract fakes of the services we cannot run here (LaunchDarkly, in-house flag services) and a status stand-in."""
