@@ -1,0 +1,328 @@
+"""PostgreSQL sessions of the runbook: DSNs and their secrets, connections, locks, blocking sessions.
+
+Plain Python over psycopg2 (and SQLAlchemy for alembic's sake), no Ansible. Secrets: a DSN may
+carry a password; every message that could contain any part of a DSN goes through `redact()`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import threading
+import time
+from urllib.parse import quote, unquote
+
+try:
+    import psycopg2
+    import psycopg2.extensions
+
+    HAS_PSYCOPG2 = True
+except ImportError:  # pragma: no cover - the module reports missing_required_lib
+    HAS_PSYCOPG2 = False
+
+from ansible.module_utils.schema_errors import AdvisoryLockTimeout, ConnectError, RefusedError
+
+DSN_ENV_VAR = "ROLLBACK_DB_DSN"
+APPLICATION_NAME = "emergency-rollback"
+MASK = "********"
+
+# The runbook's advisory lock: one constant key for every schema revert (and every recording of a
+# rollback point), so that any two runs against the same database contend, whatever their options.
+# Advisory locks are per database: runs against different databases never wait for each other.
+# The key is the first 8 bytes of sha256(ADVISORY_LOCK_NAME) as a signed bigint:
+#   ADVISORY_LOCK_KEY == 7088773521838913054
+# An operator can see who holds it with:
+#   SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted
+#     AND classid = 1650483701 AND objid = 3462870558 AND objsubid = 1;
+ADVISORY_LOCK_NAME = "emergency-rollback:schema-revert"
+
+
+def advisory_key(name: str) -> int:
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+ADVISORY_LOCK_KEY = advisory_key(ADVISORY_LOCK_NAME)
+
+LOCK_NOT_AVAILABLE = "55P03"  # lock_timeout expired (or NOWAIT)
+DEADLOCK_DETECTED = "40P01"
+QUERY_CANCELED = "57014"  # statement_timeout expired
+RETRYABLE_CODES = frozenset({LOCK_NOT_AVAILABLE, DEADLOCK_DETECTED})
+
+
+# -- DSNs and their secrets ----------------------------------------------------------------------
+def resolve_dsn(dsn: str | None) -> str:
+    """The DSN given, else ROLLBACK_DB_DSN; RefusedError if neither."""
+    value = dsn or os.environ.get(DSN_ENV_VAR)
+    if not value:
+        raise RefusedError(f"No database given: set the dsn option or the environment variable {DSN_ENV_VAR}.")
+    return value
+
+
+_URI_PASSWORD = re.compile(r"^(?:postgres|postgresql)://(?P<user>[^:@/?#]*):(?P<password>[^@/?#]*)@")
+_KV_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*(?P<value>'(?:[^'\\]|\\.)*'|\S+)")
+_URI_PASSWORD_ANYWHERE = re.compile(r"(postgres(?:ql)?://[^:@/\s]*:)[^@\s]*@")
+_KV_PASSWORD_ANYWHERE = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_QUERY_PASSWORD_ANYWHERE = re.compile(r"([?&]password=)[^&\s]*", re.IGNORECASE)
+
+
+def dsn_secrets(dsn: str | None) -> set[str]:
+    """Every spelling of the password in `dsn` (raw, URL-decoded, URL-encoded), plus PGPASSWORD."""
+    found: set[str] = set()
+    if dsn:
+        match = _URI_PASSWORD.match(dsn)
+        if match and match.group("password"):
+            found.add(match.group("password"))
+        for kv in _KV_PASSWORD.finditer(dsn):
+            value = kv.group("value")
+            found.add(value)
+            if value.startswith("'") and value.endswith("'") and len(value) >= 2:
+                found.add(value[1:-1].replace("\\'", "'").replace("\\\\", "\\"))
+        query = re.search(r"[?&]password=([^&#]*)", dsn)
+        if query:
+            found.add(query.group(1))
+    env_password = os.environ.get("PGPASSWORD")
+    if env_password:
+        found.add(env_password)
+    spellings = set()
+    for secret in found:
+        spellings.update({secret, unquote(secret), quote(secret, safe=""), quote(unquote(secret), safe="")})
+    # Very short values would mask half the message; they are masked as part of the patterns below.
+    return {s for s in spellings if len(s) >= 3}
+
+
+def redact(text: str, dsn: str | None = None) -> str:
+    """`text` without any password: the DSN's, PGPASSWORD's, and anything shaped like one."""
+    if not text:
+        return text
+    for secret in sorted(dsn_secrets(dsn), key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    text = _URI_PASSWORD_ANYWHERE.sub(lambda m: m.group(1) + MASK + "@", text)
+    text = _KV_PASSWORD_ANYWHERE.sub(lambda m: m.group(1) + MASK, text)
+    return _QUERY_PASSWORD_ANYWHERE.sub(lambda m: m.group(1) + MASK, text)
+
+
+def describe_dsn(dsn: str) -> str:
+    """`user@host:port/dbname` for messages: enough to know which database, never the password."""
+    try:
+        parts = psycopg2.extensions.parse_dsn(dsn)
+    except Exception:
+        return "the database (its DSN could not be parsed)"
+    user = parts.get("user") or os.environ.get("PGUSER") or ""
+    host = parts.get("host") or os.environ.get("PGHOST") or "localhost"
+    port = parts.get("port") or os.environ.get("PGPORT") or "5432"
+    dbname = parts.get("dbname") or os.environ.get("PGDATABASE") or user
+    return redact(f"{user + '@' if user else ''}{host}:{port}/{dbname}", dsn)
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    return text.splitlines()[0].strip() if text else type(exc).__name__
+
+
+# -- connections ---------------------------------------------------------------------------------
+def connect(dsn: str, application_name: str = APPLICATION_NAME, connect_timeout: int = 10):
+    """A psycopg2 connection (not autocommit); ConnectError with a redacted, one-line cause."""
+    try:
+        return psycopg2.connect(dsn, application_name=application_name, connect_timeout=connect_timeout)
+    except Exception as exc:
+        cause = " ".join(str(exc).split())
+        cause = re.sub(r"^connection to server at \S+ \([^)]*\), port \d+ failed: ", "", cause)
+        raise ConnectError(redact(f"Cannot connect to {describe_dsn(dsn)}: {cause}", dsn)) from None
+
+
+def sqlalchemy_connection(dsn: str, application_name: str = APPLICATION_NAME, connect_timeout: int = 10):
+    """A SQLAlchemy Connection over one psycopg2 connection (NullPool), for alembic to run on.
+
+    Returns (engine, connection); the caller closes the connection and disposes of the engine.
+    libpq gets the DSN unchanged (SQLAlchemy does not re-parse it), so PGPASSWORD, ~/.pgpass,
+    sslmode and the like work as they do for psql.
+    """
+    from sqlalchemy import create_engine, pool  # noqa: PLC0415 - only the schema revert needs SQLAlchemy
+
+    engine = create_engine(
+        "postgresql+psycopg2://",
+        creator=lambda: connect(dsn, application_name, connect_timeout),
+        poolclass=pool.NullPool,
+    )
+    try:
+        return engine, engine.connect()
+    except ConnectError:
+        engine.dispose()
+        raise
+    except Exception as exc:
+        engine.dispose()
+        # The creator raised ConnectError, which SQLAlchemy may have wrapped.
+        inner = exc.__cause__ or exc.__context__ or getattr(exc, "orig", None)
+        if isinstance(inner, ConnectError):
+            raise inner from None
+        raise ConnectError(redact(f"Cannot connect to {describe_dsn(dsn)}: {first_line(exc)}", dsn)) from None
+
+
+def pgcode_of(exc: BaseException | None) -> str | None:
+    """The SQLSTATE of the first psycopg2 error in `exc`'s chain (SQLAlchemy wraps them)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        code = getattr(exc, "pgcode", None)
+        if code:
+            return code
+        orig = getattr(exc, "orig", None)
+        if orig is not None and getattr(orig, "pgcode", None):
+            return orig.pgcode
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def set_local_timeouts(cursor, lock_timeout: float, statement_timeout: float) -> None:
+    """SET LOCAL lock_timeout and statement_timeout (seconds) for the current transaction."""
+    cursor.execute(
+        "SELECT set_config('lock_timeout', %s, true), set_config('statement_timeout', %s, true)",
+        (f"{max(1, round(lock_timeout * 1000))}ms", f"{max(1, round(statement_timeout * 1000))}ms"),
+    )
+
+
+# -- who is in the way ---------------------------------------------------------------------------
+_BLOCKING_SESSIONS = """
+    SELECT a.pid, a.usename, a.application_name, a.state, a.backend_start, a.xact_start, a.query_start,
+           a.wait_event_type, left(a.query, 200) AS query
+    FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids(%s)) ORDER BY a.pid
+"""
+_ADVISORY_HOLDERS = """
+    SELECT a.pid, a.usename, a.application_name, a.state, a.backend_start, a.xact_start, a.query_start,
+           a.wait_event_type, left(a.query, 200) AS query
+    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+    WHERE l.locktype = 'advisory' AND l.granted
+      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+      AND l.classid = %s AND l.objid = %s AND l.objsubid = 1
+    ORDER BY a.pid
+"""
+
+
+def _session_rows(cursor) -> list[dict]:
+    names = [col.name for col in cursor.description]
+    sessions = []
+    for row in cursor.fetchall():
+        session = dict(zip(names, row, strict=True))
+        for key in ("backend_start", "xact_start", "query_start"):
+            if session.get(key) is not None:
+                session[key] = session[key].isoformat()
+        sessions.append(session)
+    return sessions
+
+
+def blocking_sessions(cursor, pid: int) -> list[dict]:
+    """The sessions `pid` is waiting for (pg_blocking_pids), with the start of their query.
+
+    A role that is neither superuser nor member of pg_read_all_stats sees `query` of other roles'
+    sessions as '<insufficient privilege>' and their timestamps as NULL: grant pg_read_all_stats
+    to the migration role for a complete report.
+    """
+    cursor.execute(_BLOCKING_SESSIONS, (pid,))
+    return _session_rows(cursor)
+
+
+def advisory_lock_holders(cursor, key: int = ADVISORY_LOCK_KEY) -> list[dict]:
+    """Sessions holding the advisory lock `key` in the current database."""
+    cursor.execute(_ADVISORY_HOLDERS, ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF))
+    return _session_rows(cursor)
+
+
+def describe_sessions(sessions: list[dict]) -> str:
+    """One line per session, joined with '; ' (pid, state, role, application, since, query)."""
+    parts = []
+    for s in sessions:
+        query = " ".join((s.get("query") or "").split())
+        parts.append(
+            f"pid {s['pid']} ({s.get('state') or 'state unknown'}, role {s.get('usename')}, "
+            f"application_name '{s.get('application_name') or ''}', "
+            f"query since {s.get('query_start') or 'unknown'}: {query!r})"
+        )
+    return "; ".join(parts) if parts else "no blocking session was seen"
+
+
+def acquire_advisory_lock(conn, wait_seconds: float, key: int = ADVISORY_LOCK_KEY, xact: bool = False) -> float:
+    """Take the runbook's advisory lock, waiting at most `wait_seconds`; returns the seconds waited.
+
+    Session level by default (held until the connection closes, across transactions), or
+    transaction level (`xact=True`, released at COMMIT/ROLLBACK; then the caller's transaction
+    stays open). Raises AdvisoryLockTimeout naming the holder (pid, application_name, since).
+    """
+    started = time.monotonic()
+    function = "pg_advisory_xact_lock" if xact else "pg_advisory_lock"
+    with conn.cursor() as cur:
+        try:
+            if wait_seconds <= 0:
+                cur.execute(f"SELECT {function.replace('pg_', 'pg_try_', 1)}(%s)", (key,))
+                if not cur.fetchone()[0]:
+                    raise psycopg2.errors.LockNotAvailable("advisory lock is held")
+            else:
+                cur.execute("SELECT set_config('lock_timeout', %s, true)", (f"{max(1, round(wait_seconds * 1000))}ms",))
+                cur.execute(f"SELECT {function}(%s)", (key,))
+                cur.execute("SELECT set_config('lock_timeout', '0', true)")
+        except psycopg2.Error as exc:
+            if pgcode_of(exc) != LOCK_NOT_AVAILABLE and not isinstance(exc, psycopg2.errors.LockNotAvailable):
+                raise
+            conn.rollback()
+            with conn.cursor() as probe:
+                holders = advisory_lock_holders(probe, key)
+            conn.rollback()
+            who = "; ".join(
+                f"pid {h['pid']} (application_name '{h.get('application_name') or ''}', role {h.get('usename')}, "
+                f"connected since {h.get('backend_start') or 'unknown'}, state {h.get('state') or 'unknown'})"
+                for h in holders
+            )
+            raise AdvisoryLockTimeout(
+                f"Another schema revert holds the runbook's advisory lock on this database: {who or 'holder gone'}; "
+                f"waited {time.monotonic() - started:.1f} s (advisory_lock_wait {wait_seconds:g} s): "
+                "let it finish, then run again.",
+                holders,
+            ) from None
+    if not xact:
+        conn.commit()
+    return time.monotonic() - started
+
+
+class BlockerWatch:
+    """Records who blocks session `pid` while an attempt runs, from a second connection.
+
+    The report must name the sessions that blocked the *attempt*, and after a lock timeout the
+    attempt no longer waits, so pg_blocking_pids() must be asked while it still does. The watch
+    only connects when the attempt is still running after `delay` seconds (a lock wait is likely):
+    a quick attempt costs nothing. Threads are fine here: only psycopg2 runs in this one.
+    """
+
+    def __init__(self, dsn: str, pid: int, delay: float, application_name: str, interval: float = 0.1):
+        self.dsn, self.pid, self.delay, self.interval = dsn, pid, delay, interval
+        self.application_name = application_name + "-watch"
+        self.sessions: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="blocker-watch", daemon=True)
+
+    def __enter__(self) -> BlockerWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        if self._stop.wait(self.delay):
+            return
+        try:
+            conn = connect(self.dsn, self.application_name, connect_timeout=5)
+        except Exception:
+            return
+        try:
+            conn.autocommit = True
+            with conn.cursor() as cur:
+                while not self._stop.is_set():
+                    found = blocking_sessions(cur, self.pid)
+                    if found:
+                        self.sessions = found
+                    self._stop.wait(self.interval)
+        except Exception:  # noqa: S110 - the watch only adds detail to a report; it must never fail a run
+            pass
+        finally:
+            conn.close()
