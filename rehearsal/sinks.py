@@ -1,6 +1,9 @@
 """Notification sinks of the rehearsal stack: a real SMTP server and a Slack-compatible webhook receiver.
 
-- SMTP (aiosmtpd): accepts every message and appends it to `mail.jsonl`.
+- SMTP (aiosmtpd): appends every message to `mail.jsonl`. AUTH (PLAIN/LOGIN, no TLS on 127.0.0.1) is
+  offered and optional; a client that logs in must give the credentials in SINK_SMTP_USERNAME /
+  SINK_SMTP_PASSWORD (else `535`), so a wrong SMTP password is a real failure. The password is
+  never stored; the record says who logged in.
 - Incoming webhook (Slack's contract, as documented at api.slack.com/messaging/webhooks and in Slack's
   changelog "Improving error conditions for Incoming Webhooks"): only the one secret path
   `/services/T.../B.../<token>` exists (any other is `404 no_service`); the body is JSON
@@ -23,6 +26,7 @@ import email
 import email.policy
 import json
 import os
+import secrets
 import signal
 import sys
 import threading
@@ -150,10 +154,23 @@ def make_webhook_handler(secret_path: str, store: JsonlStore, mail_store: JsonlS
 
 # -- SMTP -------------------------------------------------------------------------------------------
 class MailStore:
-    """aiosmtpd handler: every message is accepted and stored, parsed."""
+    """aiosmtpd handler: every message is accepted and stored, parsed; optional AUTH against one account."""
 
-    def __init__(self, store: JsonlStore):
-        self.store = store
+    def __init__(self, store: JsonlStore, username: str = "", password: str = ""):
+        self.store, self.username, self.password = store, username, password
+
+    def authenticate(self, _server, _session, _envelope, mechanism, auth_data):
+        from aiosmtpd.smtp import AuthResult, LoginPassword  # noqa: PLC0415
+
+        ok = (
+            bool(self.username)
+            and mechanism in ("PLAIN", "LOGIN")
+            and isinstance(auth_data, LoginPassword)
+            and auth_data.login.decode(errors="replace") == self.username
+            and secrets.compare_digest(auth_data.password, self.password.encode())
+        )
+        # Only the login name is kept for the session (and the record), never the password.
+        return AuthResult(success=ok, handled=False, auth_data=self.username if ok else None)
 
     async def handle_DATA(self, _server, session, envelope):
         raw = envelope.original_content or envelope.content
@@ -167,6 +184,7 @@ class MailStore:
             {
                 "received_at": now(),
                 "peer": list(session.peer) if session.peer else None,
+                "authenticated_as": session.auth_data if session.authenticated else None,
                 "mail_from": envelope.mail_from,
                 "rcpt_tos": list(envelope.rcpt_tos),
                 "subject": str(parsed.get("Subject", "")),
@@ -200,10 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     threading.Thread(target=httpd.serve_forever, name="webhook", daemon=True).start()
 
     loop = asyncio.new_event_loop()
-    handler = MailStore(mail)
-    server = loop.run_until_complete(
-        loop.create_server(lambda: SMTP(handler, hostname="rehearsal-smtp-sink"), args.host, args.smtp_port)
-    )
+    handler = MailStore(mail, os.environ.get("SINK_SMTP_USERNAME", ""), os.environ.get("SINK_SMTP_PASSWORD", ""))
+
+    def smtp() -> SMTP:
+        return SMTP(
+            handler,
+            hostname="rehearsal-smtp-sink",
+            auth_require_tls=False,  # 127.0.0.1 only; the rehearsal has no certificates
+            auth_required=False,
+            authenticator=handler.authenticate,
+        )
+
+    server = loop.run_until_complete(loop.create_server(smtp, args.host, args.smtp_port))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, loop.stop)
     print(f"sinks: SMTP on {args.host}:{args.smtp_port}, webhook on {args.host}:{args.webhook_port}", flush=True)

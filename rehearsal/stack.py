@@ -53,7 +53,9 @@ DEFAULT_PORTS = {
     "webhook": 58025,
 }
 DEFAULT_REFRESH_INTERVAL = 1.0
-SECRET_KEYS = ("FF_API_KEY", "PGPASSWORD", "ROLLBACK_DB_DSN", "SLACK_WEBHOOK_URL")
+SMTP_USER = "rehearsal"
+# The values of these keys of env() are secrets: never print them.
+SECRET_KEYS = ("FF_API_KEY", "PGPASSWORD", "ROLLBACK_DB_DSN", "SLACK_WEBHOOK_URL", "SMTP_PASSWORD")
 
 
 class StackError(RuntimeError):
@@ -129,15 +131,20 @@ class Stack:
         return json.loads(self.secrets_file.read_text())
 
     def _ensure_secrets(self) -> dict[str, str]:
-        if not self.secrets_file.exists():
-            values = {role: secrets.token_urlsafe(24) for role in (appdb.MIGRATOR, appdb.APP_RW, appdb.UNLEASH)}
-            values["webhook_path"] = (
-                f"/services/T{secrets.token_hex(4).upper()}/B{secrets.token_hex(4).upper()}/{secrets.token_urlsafe(18)}"
-            )
+        """Random passwords (and the webhook's secret path), made once per run folder, kept 0600."""
+        values = self.secrets if self.secrets_file.exists() else {}
+        wanted = {role: lambda: secrets.token_urlsafe(24) for role in (appdb.MIGRATOR, appdb.APP_RW, appdb.UNLEASH)}
+        wanted["smtp"] = lambda: secrets.token_urlsafe(18)
+        wanted["webhook_path"] = lambda: (
+            f"/services/T{secrets.token_hex(4).upper()}/B{secrets.token_hex(4).upper()}/{secrets.token_urlsafe(18)}"
+        )
+        missing = {key: make() for key, make in wanted.items() if key not in values}
+        if missing:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "w") as out:
-                json.dump(values, out)
+                json.dump({**values, **missing}, out)
+            self.secrets_file.chmod(0o600)
         return self.secrets
 
     def service(self, name: str) -> procs.Service:
@@ -309,7 +316,11 @@ class Stack:
             argv,
             lambda: _http_ok(self.url("webhook") + "/healthz") and _smtp_ok(self.ports["smtp"]),
             timeout,
-            env={"SINK_WEBHOOK_PATH": self.secrets["webhook_path"]},
+            env={
+                "SINK_WEBHOOK_PATH": self.secrets["webhook_path"],
+                "SINK_SMTP_USERNAME": SMTP_USER,
+                "SINK_SMTP_PASSWORD": self.secrets["smtp"],
+            },
         )
 
     def _up_app(self, name: str, timeout: float, restart: bool) -> float:
@@ -437,6 +448,8 @@ class Stack:
             "PROMETHEUS_URL": self.url("prometheus"),
             "SMTP_HOST": HOST,
             "SMTP_PORT": str(ports["smtp"]),
+            "SMTP_USERNAME": SMTP_USER,
+            "SMTP_PASSWORD": passwords["smtp"],
             "SLACK_WEBHOOK_URL": self.url("webhook") + passwords["webhook_path"],
             "SINK_MAIL_FILE": str(self.run_dir / "sinks" / "mail.jsonl"),
             "SINK_WEBHOOK_FILE": str(self.run_dir / "sinks" / "webhook.jsonl"),
