@@ -25,6 +25,7 @@ import re
 import socket
 import subprocess
 import sys
+import warnings
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -41,9 +42,11 @@ from ansible.plugins.loader import init_plugin_loader
 from ansible.template import Templar, trust_as_template
 
 # Ansible's collection loader, as in a playbook run: lookups (ansible.builtin.env) and filters need it,
-# and awx.awx's modules are imported through it.
-init_plugin_loader()
-from ansible_collections.awx.awx.plugins.module_utils.controller_api import ControllerModule  # noqa: E402
+# and awx.awx's modules are imported through it. Another test module may have set it up already.
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "AnsibleCollectionFinder has already been configured")
+    init_plugin_loader()
+from ansible_collections.awx.awx.plugins.module_utils.controller_api import ControllerModule
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOK = ROOT / "playbooks" / "awx_configure.yml"
