@@ -1,8 +1,9 @@
 """A tiny stand-in for application instances' `GET /status` (docs/interfaces.md), for the barrier's tests.
 
 One server answers for several instances: `/app-1/status`, `/app-2/status`, ... Each instance is on
-the "new" path until it is switched (`switch_after(name, seconds)` or `set_path`), can answer 500, or
-can leave out the `path` field. The real application is tested with the barrier end to end elsewhere.
+the "new" path until it is switched (`switch_after(name, seconds)`, `switch_after_polls` or
+`set_path`), can answer 500, or can leave out the `path` field. The real application is tested with
+the barrier end to end elsewhere.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ class Instance:
     status: int = 200
     omit_path: bool = False
     delay: float = 0.0  # seconds before it answers (a slow instance)
+    polls_left: int | None = None  # answers "new" this many more times, then "legacy"
     last_refresh: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
 
 
@@ -44,6 +46,10 @@ class AppStatusFake(FakeApi):
         with self._state_lock:
             self.instances[name].switch_at = time.monotonic() + seconds
 
+    def switch_after_polls(self, name: str, polls: int) -> None:
+        with self._state_lock:
+            self.instances[name].polls_left = polls
+
     def set_path(self, name: str, path: str) -> None:
         with self._state_lock:
             self.instances[name].path = path
@@ -60,8 +66,11 @@ class AppStatusFake(FakeApi):
         if inst.delay:
             time.sleep(inst.delay)
         with self._state_lock:
-            if inst.switch_at is not None and time.monotonic() >= inst.switch_at:
-                inst.path, inst.switch_at = "legacy", None
+            due = inst.switch_at is not None and time.monotonic() >= inst.switch_at
+            if inst.polls_left is not None:
+                due, inst.polls_left = inst.polls_left <= 0, inst.polls_left - 1
+            if due:
+                inst.path, inst.switch_at, inst.polls_left = "legacy", None, None
                 inst.last_refresh = datetime.now(UTC).isoformat()
             if inst.status != 200:
                 return error(inst.status, "error", "instance unhealthy")
