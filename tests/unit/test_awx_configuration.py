@@ -64,6 +64,7 @@ SECRETS = {
     "FF_API_KEY": "canary-ff-3f9c1e",
     "PGPASSWORD": "canary-pg-77a2d0",
     "ROLLBACK_DB_DSN": "postgresql://migrator:canary-dsn-5b8e41@db.example.com/app",
+    "ROLLBACK_AUDIT_PG_DSN": "postgresql://auditor:canary-audit-0d6f13@audit.example.com/audit",
     "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T000/B000/canary-slack-c0ffee",
     "AWX_SLACK_TOKEN": "xoxb-canary-slacktoken-91d7",
     "AWX_SMTP_PASSWORD": "canary-smtp-4e21aa",
@@ -282,7 +283,10 @@ def test_credential_types_inject_every_interface_secret_as_env_only():
             assert used and used <= set(fields), f"{name} uses {sorted(used)}, fields are {sorted(fields)}"
             assert all(fields[field].get("secret") is True for field in used), f"{name} comes from a non-secret field"
             injected.add(name)
-    assert injected == interface_secrets() == {"FF_API_KEY", "PGPASSWORD", "ROLLBACK_DB_DSN", "SLACK_WEBHOOK_URL"}
+    assert interface_secrets() == {"FF_API_KEY", "PGPASSWORD", "ROLLBACK_DB_DSN", "SLACK_WEBHOOK_URL"}
+    # ... and the audit callback's PostgreSQL copy, a secret it reads from the environment only.
+    assert injected == interface_secrets() | {"ROLLBACK_AUDIT_PG_DSN"}
+    assert "- name: ROLLBACK_AUDIT_PG_DSN" in (ROOT / "plugins" / "callback" / "rollback_audit.py").read_text()
 
 
 def test_credentials_carry_the_configuration_environment_into_the_injected_environment():
@@ -298,10 +302,11 @@ def test_credentials_carry_the_configuration_environment_into_the_injected_envir
         for name, template in credential_type["injectors"]["env"].items():
             assert sandbox.from_string(template).render(**credential["inputs"]) == SECRETS[name]
     # An optional input left empty is injected as an empty string (AWX leaves it out of the
-    # namespace): the rollback must read an empty ROLLBACK_DB_DSN as unset.
+    # namespace): the rollback must read an empty ROLLBACK_DB_DSN / ROLLBACK_AUDIT_PG_DSN as unset.
     database = types["Rollback database"]
-    assert sandbox.from_string(database["injectors"]["env"]["ROLLBACK_DB_DSN"]).render(password="x") == ""
-    assert "dsn" not in database["inputs"]["required"]
+    for name, field in (("ROLLBACK_DB_DSN", "dsn"), ("ROLLBACK_AUDIT_PG_DSN", "audit_dsn")):
+        assert sandbox.from_string(database["injectors"]["env"][name]).render(password="x") == ""
+        assert field not in database["inputs"]["required"]
 
 
 def test_tasks_that_carry_secrets_hide_their_arguments():
