@@ -6,6 +6,7 @@ carry a password; every message that could contain any part of a DSN goes throug
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -61,7 +62,7 @@ def resolve_dsn(dsn: str | None) -> str:
 
 _URI_PASSWORD = re.compile(r"^(?:postgres|postgresql)://(?P<user>[^:@/?#]*):(?P<password>[^@/?#]*)@")
 _KV_PASSWORD = re.compile(r"(?:^|\s)password\s*=\s*(?P<value>'(?:[^'\\]|\\.)*'|\S+)")
-_URI_PASSWORD_ANYWHERE = re.compile(r"(postgres(?:ql)?://[^:@/\s]*:)[^@\s]*@")
+_URI_PASSWORD_ANYWHERE = re.compile(r"(postgres(?:ql)?:/*[^:@/\s]*:)[^@\s]*@")
 _KV_PASSWORD_ANYWHERE = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
 _QUERY_PASSWORD_ANYWHERE = re.compile(r"([?&]password=)[^&\s]*", re.IGNORECASE)
 
@@ -70,6 +71,10 @@ def dsn_secrets(dsn: str | None) -> set[str]:
     """Every spelling of the password in `dsn` (raw, URL-decoded, URL-encoded), plus PGPASSWORD."""
     found: set[str] = set()
     if dsn:
+        with contextlib.suppress(Exception):
+            parsed = psycopg2.extensions.parse_dsn(dsn).get("password")
+            if parsed:
+                found.add(parsed)
         match = _URI_PASSWORD.match(dsn)
         if match and match.group("password"):
             found.add(match.group("password"))
@@ -125,6 +130,12 @@ def connect(dsn: str, application_name: str = APPLICATION_NAME, connect_timeout:
     """A psycopg2 connection (not autocommit); ConnectError with a redacted, one-line cause."""
     try:
         return psycopg2.connect(dsn, application_name=application_name, connect_timeout=connect_timeout)
+    except psycopg2.ProgrammingError:
+        # libpq could not parse the DSN; its message quotes the DSN, so it is not repeated at all.
+        raise ConnectError(
+            "Cannot connect: the DSN is not a valid libpq connection string or URI; write it as "
+            "postgresql://user@host:port/dbname (the password from PGPASSWORD) and try again."
+        ) from None
     except Exception as exc:
         cause = " ".join(str(exc).split())
         cause = re.sub(r"^connection to server at \S+ \([^)]*\), port \d+ failed: ", "", cause)
