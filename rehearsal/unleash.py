@@ -34,10 +34,11 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import requests
 
@@ -150,7 +151,7 @@ class UnleashServer:
             self._write_secret(self._admin_file, "*:*." + secrets.token_hex(24))
         if not self._client_file.exists():
             self._write_secret(self._client_file, "default:production." + secrets.token_hex(24))
-        self.port = self.port or free_port(self.host)
+        self.port = self.port or self._previous_port() or free_port(self.host)
         self._urlfile.write_text(f"http://{self.host}:{self.port}\n")
         started = time.monotonic()
         with self.logfile.open("ab") as log:
@@ -191,6 +192,21 @@ class UnleashServer:
                 "Unleash refused this workdir's admin token: its database already holds API tokens from "
                 "another set-up; give it a fresh database, or reuse the workdir that first used it."
             )
+
+    def _previous_port(self) -> int | None:
+        """The port of the last start on this workdir, if it is free again (a restart keeps its URL)."""
+        try:
+            port = urlsplit(self._urlfile.read_text().strip()).port
+        except (FileNotFoundError, ValueError):
+            return None
+        if not port:
+            return None
+        with socket.socket() as sock:
+            try:
+                sock.bind((self.host, port))
+            except OSError:
+                return None
+        return port
 
     def stop(self, timeout: float = 20) -> None:
         """Stop the server by its recorded pid (SIGTERM, then SIGKILL) and wait until it is gone."""

@@ -8,7 +8,7 @@ import textwrap
 import pytest
 import requests
 
-from rehearsal.unleash import UnleashServer
+from rehearsal.unleash import UnleashError, UnleashServer
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def test_detached_server_outlives_its_starter_and_stops_by_pid(pg_cluster, tmp_p
     starter = textwrap.dedent(
         f"""
         from pathlib import Path
-        from rehearsal.unleash import UnleashServer
+        from rehearsal.unleash import UnleashError, UnleashServer
         UnleashServer(Path({str(workdir)!r}), {pg_cluster.dsn("unleash_detached")!r}).start()
         """
     )
@@ -71,3 +71,23 @@ def test_detached_server_outlives_its_starter_and_stops_by_pid(pg_cluster, tmp_p
     assert not _alive(pid)
     assert not server.pidfile.exists()
     server.stop()  # a second stop is a no-op
+    # A restart on the same workdir keeps its URL (when the port is free) and its tokens.
+    again = UnleashServer(workdir, pg_cluster.dsn("unleash_detached"))
+    again.start()
+    try:
+        assert again.url == server.url
+        assert requests.get(
+            again.url + "/api/admin/projects", headers={"Authorization": again.admin_token}, timeout=5
+        ).ok
+    finally:
+        again.stop()
+    assert not again.is_running()
+
+
+def test_a_database_of_another_workdir_is_refused_clearly(unleash_server, pg_cluster, tmp_path):
+    # Unleash creates start-up tokens only in a database without tokens: ours would be refused.
+    stranger = UnleashServer(tmp_path / "other", pg_cluster.dsn("unleash"))
+    with pytest.raises(UnleashError, match="already holds API tokens"):
+        stranger.start()
+    assert not stranger.is_running()
+    assert unleash_server.is_running()
