@@ -22,6 +22,7 @@ from tests.fixtures.schema import (
     LEGACY,
     VERSIONS,
     AppDatabase,
+    clone_app_db,
     revert,
     seed,
 )
@@ -274,15 +275,9 @@ def test_the_owner_role_archives_and_only_it_can_read_the_archive(pg_cluster, pg
 
 
 # -- many databases ------------------------------------------------------------------------------------
-def test_many_databases_in_worker_processes_finish_all_and_report_each(pg_cluster, app_db):
+def test_many_databases_in_worker_processes_finish_all_and_report_each(pg_cluster, app_template, app_db):
     names = [f"{app_db.name}_{i}" for i in range(3)]
-    dbs = []
-    for name in names:
-        pg_cluster.create_database(name)
-        db = AppDatabase(name, pg_cluster.dsn(name), pg_cluster)
-        db.upgrade(HEAD)
-        seed(db, documents=5)
-        dbs.append(db)
+    dbs = [clone_app_db(app_template, name) for name in names]
     try:
         jobs = [
             {
