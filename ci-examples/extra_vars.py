@@ -3,7 +3,7 @@
     python3 ci-examples/extra_vars.py > "$RUNNER_TEMP/rollback-vars.yml"
     ansible-playbook rollback.yml -e @"$RUNNER_TEMP/rollback-vars.yml"
 
-The inputs (ROLLBACK_INPUT_ENV, _REASON, _TICKET, _CONFIRM, _JOB_URL) are typed by whoever
+The inputs (ROLLBACK_INPUT_ENV, _REASON, _TICKET, _CONFIRM) are typed by whoever
 launches the job: never put them into a shell command line (quoting, `-e key=value` splitting) and
 never let Ansible template them (a reason containing "{{ lookup('pipe', ...) }}" would run on the
 runner). Each value is written as a YAML double-quoted string tagged !unsafe, the way AWX passes
@@ -23,7 +23,6 @@ INPUTS = {
     "reason": "ROLLBACK_INPUT_REASON",
     "ticket": "ROLLBACK_INPUT_TICKET",
     "confirm": "ROLLBACK_INPUT_CONFIRM",
-    "rollback_job_url": "ROLLBACK_INPUT_JOB_URL",
 }
 
 

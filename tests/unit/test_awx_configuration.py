@@ -18,6 +18,7 @@ listed in the README.
 
 from __future__ import annotations
 
+import copy
 import importlib
 import json
 import os
@@ -173,13 +174,18 @@ def task_module(task: dict) -> str:
     return next(key for key in task if key.startswith("awx.awx.")).removeprefix("awx.awx.")
 
 
-def rendered_invocations(env: dict[str, str] | None = None, **overrides) -> list[tuple[dict, str, dict, dict]]:
+def rendered_invocations(**overrides) -> list[tuple[dict, str, dict, dict]]:
     """(task, module, item, module arguments) for every loop item of every awx.awx task that runs."""
+    return copy.deepcopy(_rendered_invocations(tuple(sorted(overrides.items()))))
+
+
+@cache
+def _rendered_invocations(overrides: tuple) -> list[tuple[dict, str, dict, dict]]:
     play = load_trusted(PLAYBOOK)[0]
     defaults = play["module_defaults"]["group/awx.awx.controller"]
     invocations = []
-    with mock.patch.dict(os.environ, {**SECRETS, **(env or {})}):
-        variables = play_variables(**overrides)
+    with mock.patch.dict(os.environ, SECRETS):
+        variables = play_variables(**dict(overrides))
         for task in awx_tasks():
             module = task_module(task)
             for item in render(task["loop"], variables):
@@ -363,19 +369,21 @@ def test_job_template_uses_the_objects_the_configuration_creates():
     assert (ROOT / source["source_path"]).is_file()
 
 
-def test_job_template_hands_the_playbook_its_job_url(tmp_path):
-    template = job_template()
-    url = template["extra_vars"]["rollback_job_url"]
-    assert url == "https://awx.example.com/#/jobs/playbook/{{ awx_job_id | default(tower_job_id) }}/output"
-    # Inside the job, Ansible renders it from the awx_job_id (or legacy tower_job_id) AWX injects:
-    # AWX allows templates in a job template's own extra vars (ALLOW_JINJA_IN_EXTRA_VARS=template).
-    path = tmp_path / "extra_vars.yml"
-    path.write_text(yaml.safe_dump({"rollback_job_url": url}))
-    job_vars = DataLoader().load_from_file(str(path), trusted_as_template=True)
-    assert render("{{ rollback_job_url }}", {**job_vars, "awx_job_id": 42}) == (
-        "https://awx.example.com/#/jobs/playbook/42/output"
-    )
-    assert render("{{ rollback_job_url }}", {**job_vars, "tower_job_id": 7}).endswith("/playbook/7/output")
+@pytest.mark.parametrize(
+    ("aap_hostname", "expected"),
+    [
+        ("awx.example.com", "https://awx.example.com"),
+        ("https://aap.example.com/", "https://aap.example.com"),
+        ("http://127.0.0.1:8052", "http://127.0.0.1:8052"),
+    ],
+)
+def test_job_template_hands_the_playbook_the_awx_address_for_its_job_link(aap_hostname, expected):
+    """AWX injects awx_job_id but not its own address; the rollback builds the job's link from both."""
+    invocations = rendered_invocations(aap_hostname=aap_hostname)
+    (template,) = [arguments for _, module, _, arguments in invocations if module == "job_template"]
+    assert template["extra_vars"] == {"rollback_awx_url": expected}
+    preflight = "\n".join(path.read_text() for path in (ROOT / "roles" / "rollback_preflight").rglob("*.yml"))
+    assert "rollback_awx_url" in preflight and "awx_job_id" in preflight, "the rollback no longer reads them"
 
 
 def test_only_the_operations_team_may_launch():

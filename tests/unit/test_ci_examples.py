@@ -105,14 +105,13 @@ def test_gitlab_variables_are_the_rollback_inputs():
             assert variable["value"] == option.get("default", ""), name
 
 
-def test_extra_vars_maps_every_input_and_the_job_url():
-    assert set(extra_vars_module.INPUTS) == set(surveyed_inputs()) | {"rollback_job_url"}
+def test_extra_vars_maps_every_input():
+    assert set(extra_vars_module.INPUTS) == set(surveyed_inputs())
     for variable, name in extra_vars_module.INPUTS.items():
-        assert name == f"ROLLBACK_INPUT_{'JOB_URL' if variable == 'rollback_job_url' else variable.upper()}"
+        assert name == f"ROLLBACK_INPUT_{variable.upper()}"
     github_env = load(GITHUB)["jobs"]["rollback"]["env"]
     assert set(extra_vars_module.INPUTS.values()) <= set(github_env)
-    gitlab_variables = set(load(GITLAB)["variables"]) | set(load(GITLAB)["emergency-rollback"]["variables"])
-    assert set(extra_vars_module.INPUTS.values()) <= gitlab_variables
+    assert set(extra_vars_module.INPUTS.values()) <= set(load(GITLAB)["variables"])
 
 
 def github_steps() -> list[dict]:
@@ -177,9 +176,10 @@ def test_secrets_reach_only_env():
     assert "secrets" not in GITLAB.read_text().replace("masked, protected CI/CD variables", "")
 
 
-def test_operator_identity_is_the_one_the_ci_system_sets_and_the_playbook_reads():
-    preflight = (ROOT / "roles" / "rollback_preflight" / "tasks" / "main.yml").read_text()
-    assert "GITHUB_ACTOR" in preflight and "GITLAB_USER_LOGIN" in preflight
+def test_operator_identity_and_job_link_are_what_the_ci_system_sets_and_the_playbook_reads():
+    preflight = "\n".join(path.read_text() for path in (ROOT / "roles" / "rollback_preflight").rglob("*.yml"))
+    for name in ("GITHUB_ACTOR", "GITLAB_USER_LOGIN", "GITHUB_RUN_ID", "CI_JOB_URL"):
+        assert name in preflight, f"the rollback no longer reads {name}, which the CI examples rely on"
     # Actions and GitLab set these themselves; a job that set them could forge the operator.
     assert "GITHUB_ACTOR" not in yaml.safe_dump(load(GITHUB)["jobs"]["rollback"].get("env", {}))
     assert "GITLAB_USER_LOGIN" not in GITLAB.read_text().split("Who started the job")[1].split("\n", 1)[1]
@@ -199,7 +199,6 @@ HOSTILE = {
     ),
     "ROLLBACK_INPUT_TICKET": "INC-123",
     "ROLLBACK_INPUT_CONFIRM": "prod",
-    "ROLLBACK_INPUT_JOB_URL": "https://github.com/o/r/actions/runs/42",
 }
 
 PROBE = """\
@@ -210,7 +209,7 @@ PROBE = """\
     - name: Write the received values, and use them in templates as the roles do
       ansible.builtin.copy:
         content: "{{ {'env': env, 'reason': reason, 'ticket': ticket, 'confirm': confirm,
-                      'rollback_job_url': rollback_job_url, 'in_a_template': 'why: ' ~ reason} | to_json }}"
+                      'in_a_template': 'why: ' ~ reason} | to_json }}"
         dest: "{{ playbook_dir }}/received.json"
         mode: "0600"
 """
