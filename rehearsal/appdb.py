@@ -83,8 +83,8 @@ def _grant(cluster: PostgresCluster, dbname: str) -> None:
         conn.close()
 
 
-def migrate(dsn: str, revision: str = BASELINE) -> None:
-    """`alembic upgrade <revision>` on one database, as migrator (alembic's API, in this process)."""
+def migrate(dsn: str, revision: str = BASELINE, direction: str = "upgrade") -> None:
+    """`alembic upgrade|downgrade <revision>` on one database, as migrator (alembic's API, in this process)."""
     if not (MIGRATIONS / "env.py").exists():
         raise SchemaError(f"{MIGRATIONS}/env.py is missing: the alembic environment of the application is needed.")
     from alembic import command  # noqa: PLC0415 - only when migrating
@@ -94,9 +94,10 @@ def migrate(dsn: str, revision: str = BASELINE) -> None:
     cfg.set_main_option("script_location", str(MIGRATIONS))
     cfg.set_main_option("sqlalchemy.url", dsn.replace("%", "%%"))  # configparser interpolation
     try:
-        command.upgrade(cfg, revision)
+        getattr(command, direction)(cfg, revision)
     except Exception as exc:
-        raise SchemaError(f"alembic upgrade {revision} failed: {type(exc).__name__}: {_redact(str(exc), dsn)}") from exc
+        message = f"alembic {direction} {revision} failed: {type(exc).__name__}: {_redact(str(exc), dsn)}"
+        raise SchemaError(message) from exc
 
 
 def _redact(text: str, dsn: str) -> str:

@@ -33,7 +33,7 @@ import requests
 
 from rehearsal import appdb, procs, prometheus
 from rehearsal.load import LoadGenerator
-from rehearsal.postgres import PostgresCluster, PostgresError, free_port
+from rehearsal.postgres import PostgresCluster, PostgresError, ensure_prefix_permissions, free_port
 from rehearsal.sinks import read_jsonl
 from rehearsal.unleash import UnleashError, UnleashServer
 
@@ -61,9 +61,9 @@ SECRET_KEYS = ("FF_API_KEY", "PGPASSWORD", "ROLLBACK_DB_DSN", "SLACK_WEBHOOK_URL
 class StackError(RuntimeError):
     """A service of the stack did not come up (or go away); the message names it and quotes its log."""
 
-    def __init__(self, service: str, reason: str, log_tail: str = ""):
+    def __init__(self, service: str, reason: str, log_tail: str = "", what: str = "did not come up"):
         self.service = service
-        message = f"{service} did not come up: {reason}"
+        message = f"{service} {what}: {reason}"
         if log_tail:
             message += f"\n--- last lines of the {service} log ---\n{log_tail}"
         super().__init__(message)
@@ -115,7 +115,11 @@ class Stack:
     @property
     def state(self) -> dict:
         if not self.state_file.exists():
-            raise StackError("stack", f"nothing was brought up in {self.run_dir}: run `python -m rehearsal up` first")
+            raise StackError(
+                "stack",
+                f"nothing was brought up in {self.run_dir}: run `python -m rehearsal up` first",
+                what="is unknown",
+            )
         return json.loads(self.state_file.read_text())
 
     def _save_state(self, state: dict) -> None:
@@ -250,8 +254,20 @@ class Stack:
         self.unleash.port = state["ports"]["unleash"]
         return state
 
+    def _postgres_reachable(self) -> None:
+        """Let the server's OS user traverse every parent of the run folder again.
+
+        As root, PostgreSQL runs as the user `pgserver`, which must traverse each parent folder.
+        Something may take that away after `up`: pytest, for one, resets /tmp/pytest-of-root to
+        0700 at the start of every session, and `pg_ctl status|stop` then fail with "Permission
+        denied" (so that `up` would start a second postmaster and `down` could not stop it).
+        """
+        if os.geteuid() == 0 and self.cluster.datadir.exists():
+            ensure_prefix_permissions(self.cluster.datadir)
+
     def _up_postgres(self) -> float:
         began = time.monotonic()
+        self._postgres_reachable()
         if self.cluster.is_running():
             return 0.0
         try:
@@ -359,6 +375,7 @@ class Stack:
         if self.unleash.is_running():
             stopped.append("unleash")
         self.unleash.stop(timeout=timeout)
+        self._postgres_reachable()
         if self.cluster.is_running():
             stopped.append("postgres")
             self.cluster.stop()
@@ -372,7 +389,7 @@ class Stack:
             leftovers = self.leftover_processes()
             if leftovers:
                 pids = ", ".join(f"{p.pid} ({' '.join(p.cmdline()[:3])})" for p in leftovers)
-                raise StackError("down", f"processes still running after down: {pids}")
+                raise StackError("down", f"processes still running: {pids}", what="failed")
         if self.exists():
             state = self.state
             state.pop("running_refresh_interval", None)
@@ -387,6 +404,7 @@ class Stack:
     def status(self) -> dict[str, dict]:
         """Per service: running (pid), healthy (its health probe answers), and where it listens."""
         ports = self.ports
+        self._postgres_reachable()
 
         def probe(check) -> bool:
             try:
@@ -464,6 +482,23 @@ class Stack:
 
     def set_flag(self, enabled: bool) -> None:
         self.unleash.set_flag(enabled, FLAG, PROJECT, ENVIRONMENT)
+
+    def reset(self, timeout: float = 30) -> None:
+        """Back to the state `up` leaves: flag off, every instance on the legacy path, databases at the baseline.
+
+        For tests that share one stack: the flag goes off first and the instances must report the
+        legacy path before the feature's schema is downgraded (the safe order).
+        """
+        self.set_flag(False)
+        self.wait_for_path("legacy", timeout)
+        for dbname in (appdb.APP_DB, *self.state.get("tenants", [])):
+            dsn = self.dsn(dbname)
+            current = appdb.current_revision(dsn)
+            if current is None:  # below the baseline (someone downgraded to base): build it again
+                appdb.migrate(dsn, appdb.BASELINE)
+                appdb.seed(dsn)
+            elif current != appdb.BASELINE:
+                appdb.migrate(dsn, appdb.BASELINE, direction="downgrade")
 
     def app_statuses(self) -> list[dict]:
         return [requests.get(self.url(name) + "/status", timeout=5).json() for name in APPS]
