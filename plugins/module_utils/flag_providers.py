@@ -36,6 +36,7 @@ never contains the API key.
 
 from __future__ import annotations
 
+import json
 import string
 from dataclasses import dataclass, field
 from typing import Any
@@ -359,6 +360,13 @@ class HttpProvider(FlagProvider):
             if not path.startswith("/"):
                 raise FlagConfigError(f"The path {path!r} must start with '/': e.g. /api/v2/flags/{{flag}}.")
         self.body_template = opts["http_body"]
+        if isinstance(self.body_template, str):  # e.g. from an AWX survey: JSON text
+            try:
+                self.body_template = json.loads(self.body_template)
+            except ValueError:
+                raise FlagConfigError(
+                    'http_body is neither a mapping nor JSON text: give e.g. {"{flag}": "{enabled}"}.'
+                ) from None
         self.state_path = [
             self._format(part, "http_state_path", False) for part in str(opts["http_state_path"]).split(".")
         ]

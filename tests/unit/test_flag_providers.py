@@ -219,10 +219,13 @@ def test_inhouse_disable_with_the_seed_shape(inhouse_fake):  # noqa: F811
     assert len(writes(inhouse_fake)) == 1
 
 
-def test_inhouse_comment_through_the_body_template(inhouse_fake):  # noqa: F811
-    options = {"http_body": {"{flag}": "{enabled}", "comment": "{comment}"}}
-    switch_flag(inhouse(inhouse_fake, options=options), "disabled", comment=COMMENT)
+@pytest.mark.parametrize(
+    "body", [{"{flag}": "{enabled}", "comment": "{comment}"}, '{"{flag}": "{enabled}", "comment": "{comment}"}']
+)
+def test_inhouse_comment_through_the_body_template(inhouse_fake, body):  # noqa: F811
+    switch_flag(inhouse(inhouse_fake, options={"http_body": body}), "disabled", comment=COMMENT)
     assert inhouse_fake.comments == [COMMENT]
+    assert writes(inhouse_fake)[0].json() == {"DataTransformationFeature": False, "comment": COMMENT}
 
 
 def test_inhouse_errors(inhouse_fake):  # noqa: F811
@@ -271,7 +274,8 @@ def test_another_inhouse_shape_needs_options_not_code(shaped_fake):  # noqa: F81
     [
         ({"http_path": "/flags/{flagname}"}, "unknown placeholder {flagname}"),
         ({"http_path": "flags/{flag}"}, "must start with '/'"),
-        ({"http_body": "flag=false"}, "must be a JSON object"),
+        ({"http_body": "flag=false"}, "neither a mapping nor JSON text"),
+        ({"http_body": '"just a string"'}, "must be a JSON object"),
         ({"http_method": "GET"}, "use PATCH, PUT or POST"),
     ],
 )
