@@ -201,7 +201,9 @@ state:
   type: str
   sample: disabled
 attempts:
-  description: HTTP attempts the write took (1 without retries; 0 when nothing was written).
+  description: >-
+    HTTP attempts the write took (1 without retries; 0 when nothing was written). On failure, the
+    attempts of the request that failed.
   returned: always
   type: int
   sample: 1
