@@ -20,6 +20,7 @@ schema at the same time; then the two app instances (they need Unleash and the s
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -151,6 +152,17 @@ class Stack:
             self.secrets_file.chmod(0o600)
         return self.secrets
 
+    @contextlib.contextmanager
+    def _exclusive(self):
+        """One `up` or `down` at a time per run folder (two molecule scenarios, a test and a shell...)."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        with (self.run_dir / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
     def service(self, name: str) -> procs.Service:
         return procs.Service(name, self.run_dir)
 
@@ -179,6 +191,10 @@ class Stack:
             prometheus.binary()  # fail in one sentence before anything starts
         except prometheus.PrometheusError as exc:
             raise StackError("prometheus", str(exc)) from exc
+        with self._exclusive():
+            return self._up(ports, tenants, refresh_interval, timeout)
+
+    def _up(self, ports, tenants, refresh_interval, timeout) -> dict[str, float]:
         started = time.monotonic()
         state = self._initial_state(ports, refresh_interval)
         self._ensure_secrets()
@@ -366,6 +382,12 @@ class Stack:
     # -- down ----------------------------------------------------------------------------------
     def down(self, timeout: float = 20) -> list[str]:
         """Stop everything this run folder recorded; raise StackError if any process is left."""
+        if not self.run_dir.exists():
+            return []
+        with self._exclusive():
+            return self._down(timeout)
+
+    def _down(self, timeout: float) -> list[str]:
         stopped = []
         for name in (*APPS, "prometheus", "sinks"):
             service = self.service(name)
