@@ -290,9 +290,16 @@ def test_sigkilled_run_leaves_its_start_record_and_verify_reports_it(tmp_path, a
         for e in checked.events
         if e["event"] == "runner_item_on_ok" and e["event_data"]["task"] == "List the aborted runs"
     ]
-    assert line.startswith(
-        f"run {start['run_id']} (rollback.yml, started {start['started_at']}): aborted (no end record)"
-    )
+    assert line == f"run {start['run_id']} (rollback.yml, started {start['started_at']}): aborted (no end record)"
+    # the next rollback's preflight sees it too (audit_verify with current_run_id)
+    again = run(tmp_path, audit)
+    assert again.rc == 0, again
+    (warning,) = [
+        e["event_data"]["res"]["msg"]
+        for e in again.events
+        if e["event"] == "runner_item_on_ok" and e["event_data"]["task"] == "Warn about earlier runs that were aborted"
+    ]
+    assert warning == f"Earlier run {start['run_id']} (rollback.yml, {start['started_at']}): aborted (no end record)"
 
 
 def test_two_concurrent_runs_share_the_chain(tmp_path, audit):
