@@ -30,6 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import psycopg2
 import requests
 
 from rehearsal import appdb, procs, prometheus
@@ -187,6 +188,8 @@ class Stack:
             raise ValueError("tenants must be 0 or more")
         if refresh_interval is not None and refresh_interval <= 0:
             raise ValueError("refresh_interval must be a positive number of seconds")
+        if ports not in ("default", "auto") and not (isinstance(ports, dict) and set(ports) == set(DEFAULT_PORTS)):
+            raise ValueError(f"ports must be 'default', 'auto' or a dict with the keys {sorted(DEFAULT_PORTS)}")
         try:
             prometheus.binary()  # fail in one sentence before anything starts
         except prometheus.PrometheusError as exc:
@@ -203,8 +206,13 @@ class Stack:
         timings["postgres"] = self._up_postgres()
         prepared = time.monotonic()
         passwords = self.secrets
-        appdb.ensure_roles(self.cluster, passwords)
-        appdb.ensure_unleash_database(self.cluster)
+        try:
+            appdb.ensure_roles(self.cluster, passwords)
+            appdb.ensure_unleash_database(self.cluster)
+        except psycopg2.Error as exc:
+            raise StackError(
+                "postgres", f"cannot create the roles: {type(exc).__name__}", self.cluster.log_tail()
+            ) from exc
 
         restart_apps = state.get("running_refresh_interval") not in (None, state["refresh_interval"])
         with ThreadPoolExecutor(max_workers=3, thread_name_prefix="up") as pool:
@@ -236,10 +244,7 @@ class Stack:
         targets_started = time.monotonic()
         _wait(
             "prometheus",
-            lambda: (
-                set(prometheus.targets_up(self.url("prometheus")).values()) == {"up"}
-                and len(prometheus.targets_up(self.url("prometheus"))) == len(APPS)
-            ),
+            lambda: list(prometheus.targets_up(self.url("prometheus")).values()) == ["up"] * len(APPS),
             timeout,
             alive=self.service("prometheus").is_running,
             log=self.service("prometheus").log_tail,
@@ -258,10 +263,8 @@ class Stack:
                 chosen = dict(DEFAULT_PORTS)
             elif ports == "auto":
                 chosen = {name: free_port(HOST) for name in DEFAULT_PORTS}
-            elif isinstance(ports, dict) and set(ports) == set(DEFAULT_PORTS):
-                chosen = {name: int(port) for name, port in ports.items()}
             else:
-                raise ValueError(f"ports must be 'default', 'auto' or a dict with the keys {sorted(DEFAULT_PORTS)}")
+                chosen = {name: int(port) for name, port in ports.items()}
             state = {"ports": chosen, "tenants": [], "refresh_interval": DEFAULT_REFRESH_INTERVAL}
         if refresh_interval is not None:
             state["refresh_interval"] = float(refresh_interval)
