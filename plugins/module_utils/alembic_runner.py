@@ -108,6 +108,11 @@ def validate_job(job: dict) -> dict:
     for key in ("lock_timeout", "statement_timeout"):
         if not float(full[key]) > 0:
             raise RefusedError(f"{key} must be more than 0 seconds (0 would mean no timeout at all).")
+    if float(full["statement_timeout"]) < float(full["lock_timeout"]):
+        raise RefusedError(
+            "statement_timeout must be at least lock_timeout: otherwise a lock wait ends as a statement timeout, "
+            "which is not retried."
+        )
     if int(full["lock_attempts"]) < 1:
         raise RefusedError("lock_attempts must be at least 1.")
     for key in ("lock_backoff", "lock_backoff_max", "advisory_lock_wait"):
@@ -463,7 +468,10 @@ def _failure(exc: BaseException, code: str | None, current: str, target: str, jo
     if isinstance(exc, SchemaError):
         cause = str(exc)
     elif code == QUERY_CANCELED:
-        cause = f"a statement ran longer than statement_timeout ({float(job['statement_timeout']):g} s)"
+        cause = (
+            f"a statement ran longer than statement_timeout ({float(job['statement_timeout']):g} s); raise it, "
+            "or archive large tables beforehand and run with archive false"
+        )
     else:
         cause = first_line(exc)
     return MigrationFailed(

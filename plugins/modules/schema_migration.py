@@ -119,7 +119,9 @@ options:
     type: float
     default: 5
   statement_timeout:
-    description: Seconds any one statement may run (C(SET LOCAL statement_timeout)); more than 0.
+    description:
+      - Seconds any one statement may run (C(SET LOCAL statement_timeout)), the archive copies included;
+        at least I(lock_timeout).
     type: float
     default: 60
   advisory_lock_wait:

@@ -136,6 +136,7 @@ def test_advisory_lock_key_is_the_documented_constant():
         ({"lock_timeout": 0}, "lock_timeout must be more than 0"),
         ({"statement_timeout": 0}, "statement_timeout must be more than 0"),
         ({"lock_attempts": 0}, "lock_attempts must be at least 1"),
+        ({"lock_timeout": 5, "statement_timeout": 3}, "statement_timeout must be at least lock_timeout"),
         ({"lock_backoff": -1}, "lock_backoff must not be negative"),
         ({"run_id": "bad id; drop"}, "run_id 'bad id; drop' is not usable"),
         ({"revision": ""}, "No target revision given"),
