@@ -16,6 +16,7 @@ from pathlib import Path
 
 from ansible import constants as C
 from ansible import context
+from ansible.playbook.block import Block
 from ansible.playbook.handler import Handler
 from ansible.plugins.callback import CallbackBase
 from ansible.release import __version__ as ansible_version
@@ -131,7 +132,7 @@ def _load_helper(name: str):
     try:
         return importlib.import_module(f"ansible.module_utils.{name}")
     except ImportError:
-        import ansible.module_utils
+        import ansible.module_utils  # noqa: PLC0415 - only when ansible.cfg's module_utils is not ours
 
         ansible.module_utils.__path__.append(str(Path(__file__).resolve().parent.parent / "module_utils"))
         return importlib.import_module(f"ansible.module_utils.{name}")
@@ -143,6 +144,7 @@ redaction = _load_helper("audit_redact")
 SCHEMA_VERSION = 1
 STEP_PREFIX = "rollback_"
 HANDLER_STEP = "notify"
+OUTCOMES = ("failed", "rescued", "changed", "ok", "skipped")
 SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 INCLUDE_ACTIONS = frozenset(C._ACTION_ALL_INCLUDE_ROLE_TASKS + C._ACTION_ALL_PROPER_INCLUDE_IMPORT_ROLES)
 RESERVED_KEYS = frozenset(
@@ -216,6 +218,18 @@ def is_censored(data: dict) -> bool:
     return bool(data.get("_ansible_no_log")) or "censored" in data
 
 
+def will_be_rescued(task) -> bool:
+    """True if a failure of `task` runs a rescue section (the task sits in the block part of a block with one)."""
+    child, parent = task, getattr(task, "_parent", None)
+    while parent is not None:
+        if isinstance(parent, Block) and parent.rescue:
+            uuid_ = getattr(child, "_uuid", None)
+            if any(getattr(item, "_uuid", None) == uuid_ for item in parent.block):
+                return True
+        child, parent = parent, getattr(parent, "_parent", None)
+    return False
+
+
 def short_action(task) -> str:
     return str(getattr(task, "action", "") or "").rsplit(".", 1)[-1]
 
@@ -227,24 +241,17 @@ class Step:
     ended_at: str | None = None
     seconds: float = 0.0
     hosts: set[str] = field(default_factory=set)
-    counts: dict[str, int] = field(default_factory=lambda: {"ok": 0, "changed": 0, "failed": 0, "skipped": 0})
-    failed_hosts: set[str] = field(default_factory=set)
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     failure: dict | None = None
 
-    def outcome(self, hosts_failed_in_recap: set[str] | None = None) -> str:
-        if self.counts["failed"]:
-            if hosts_failed_in_recap is not None and not (self.failed_hosts & hosts_failed_in_recap):
-                return "rescued"
-            return "failed"
-        for name in ("changed", "ok"):
-            if self.counts[name]:
-                return name
-        return "skipped"
+    def outcome(self) -> str:
+        """The first of failed, rescued, changed, ok that any result had; skipped if none."""
+        return next((name for name in OUTCOMES if self.counts[name]), "skipped")
 
-    def as_dict(self, hosts_failed_in_recap: set[str] | None = None) -> dict:
+    def as_dict(self) -> dict:
         out = {
             "name": self.name,
-            "outcome": self.outcome(hosts_failed_in_recap),
+            "outcome": self.outcome(),
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "duration_seconds": round(self.seconds, 3),
@@ -363,7 +370,7 @@ class CallbackModule(CallbackBase):
     def _write_pg(self, record: dict, in_file: bool) -> None:
         run = self._run
         try:
-            import psycopg2
+            import psycopg2  # noqa: PLC0415 - optional, only for the PostgreSQL sink
         except ImportError:
             self._audit_warning("pg_dsn is set but psycopg2 is not installed on the controller: no PostgreSQL copy")
             return
@@ -527,13 +534,11 @@ class CallbackModule(CallbackBase):
         return step
 
     def _record_failure(self, result, prefix: str = "") -> None:
-        step = self._record_result(result, "failed")
-        if step is None:
+        rescued = not prefix and will_be_rescued(result.task)
+        step = self._record_result(result, "rescued" if rescued else "failed")
+        if step is None or rescued or step.failure is not None:
             return
         host = result.host.get_name()
-        step.failed_hosts.add(host)
-        if step.failure is not None:
-            return
         data = result_data(result)
         if is_censored(data) or getattr(result.task, "no_log", False) is True:
             message = redaction.MARK_NO_LOG
@@ -637,10 +642,8 @@ class CallbackModule(CallbackBase):
         run = self._run
         self._close_segment()
         run.current = None
-        failed_hosts = None
-        if recap is not None:
-            failed_hosts = {h for h, s in recap.items() if s.get("failures") or s.get("unreachable")}
-        steps = [step.as_dict(failed_hosts) for step in run.steps.values()]
+        failed_hosts = [h for h, s in (recap or {}).items() if s.get("failures") or s.get("unreachable")]
+        steps = [step.as_dict() for step in run.steps.values()]
         failed_step = next((s["name"] for s in steps if s["outcome"] == "failed"), None)
         if signal_name is not None:
             status, outcome = "aborted", f"aborted by signal {signal_name}"

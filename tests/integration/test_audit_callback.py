@@ -36,7 +36,7 @@ PLAYBOOK = DATA / "rollback.yml"
 FLAG_WAIT_TASK = "TASK [rollback_flag : Wait like a slow flag API]"
 
 
-@dataclass
+@dataclass(repr=False)
 class Run:
     rc: int
     status: str
@@ -44,7 +44,7 @@ class Run:
     events: list[dict] = field(repr=False)
     audit: Path
 
-    def __str__(self) -> str:  # what pytest shows when an assertion about the run fails
+    def __repr__(self) -> str:  # what pytest shows when an assertion about the run fails
         return f"rc={self.rc} status={self.status}\n{self.stdout[-5000:]}"
 
     def records(self) -> list[dict]:
@@ -183,6 +183,15 @@ def test_failing_run_names_the_step(tmp_path, audit):
     assert schema["failure"]["task"] == "rollback_schema : Fail here when asked"
     assert schema["failure"]["message"].startswith("downgrade of db-")
     assert [s["name"] for s in end["steps"]] == ["preflight", "flag", "schema"]
+
+
+def test_rescued_failure_is_not_a_failed_run(tmp_path, audit):
+    result = run(tmp_path, audit, {"audit_rescue": True})
+    assert result.rc == 0, result
+    end = result.end()
+    assert end["outcome"] == "succeeded"
+    assert {s["name"]: s["outcome"] for s in end["steps"]}["schema"] == "rescued"
+    assert end["recap"]["db-eu"]["rescued"] == 1
 
 
 def test_secrets_never_reach_the_audit_file(tmp_path, audit):

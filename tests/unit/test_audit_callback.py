@@ -277,9 +277,10 @@ def test_ignored_and_rescued_failures_do_not_fail_the_run(driver):
     driver.run_task(
         "rollback_flag : Fail here when asked", {"failed": True, "msg": "x"}, hook="failed", ignore_errors=True
     )
-    task = driver.task("rollback_schema : Fail here when asked")
+    task = driver.task("rollback_schema : Fail inside a block that has a rescue")
     # in a block with a rescue section, the strategy counts "rescued" instead of "failures"
     driver.result(task, "db-eu", {"failed": True, "msg": "lock timeout"}, hook="failed", stats=["rescued"])
+    driver.run_task("rollback_schema : Recover from the failed attempt", hosts=("db-eu",))
     driver.finish()
     end = driver.records()[-1]
     assert end["outcome"] == "succeeded"
