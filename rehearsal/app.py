@@ -78,7 +78,9 @@ class UnleashFlags:
     def __init__(self, url: str, token: str, instance: str, refresh_interval: float, cache_dir: str | None):
         from UnleashClient import UnleashClient  # noqa: PLC0415 - heavy import, only when the SDK is used
 
-        logging.getLogger("UnleashClient").setLevel(logging.WARNING)
+        # The SDK and its scheduler log every poll at INFO: once a second per instance, forever.
+        for noisy in ("UnleashClient", "apscheduler"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
         self.state = FlagState()
         self.refresh_interval = refresh_interval
         self.client = UnleashClient(
