@@ -32,7 +32,10 @@ description:
     form a sha256 chain; optionally also to the PostgreSQL table C(runbook.audit_log).
   - >-
     This is not a collection plugin, so its name is C(rollback_audit), not a fully qualified name.
-    Enable it with C(callbacks_enabled = rollback_audit) in ansible.cfg.
+    Enable it with C(callbacks_enabled = rollback_audit) in ansible.cfg. ansible-runner (and so AWX)
+    sets C(ANSIBLE_CALLBACK_PLUGINS), which hides ansible.cfg's C(callback_plugins); there the
+    callback is found through C(playbooks/callback_plugins), a link to this folder next to the
+    playbooks.
   - >-
     B(Record chain.) Each line is the canonical JSON (sorted keys, no spaces, UTF-8) of one record
     with C(seq) (1, 2, ...), C(prev_sha256) (sha256 of the previous line's exact bytes, 64 zeros for
@@ -591,7 +594,7 @@ class CallbackModule(CallbackBase):
         for index, entry in enumerate(databases):
             if isinstance(entry, dict):
                 name = entry.get("name") or entry.get("database") or f"{host}[{index}]"
-                entries[str(name) if str(name).startswith(host) else f"{host}/{name}"] = entry
+                entries[f"{host}/{name}"] = entry
         return entries
 
     # -- hooks ---------------------------------------------------------------------------------
@@ -641,14 +644,14 @@ class CallbackModule(CallbackBase):
     def _finish(self, recap: dict | None = None, signal_name: str | None = None, error: str | None = None) -> None:
         run = self._run
         self._close_segment()
-        run.current = None
+        active, run.current = run.current, None
         failed_hosts = [h for h, s in (recap or {}).items() if s.get("failures") or s.get("unreachable")]
         steps = [step.as_dict() for step in run.steps.values()]
         failed_step = next((s["name"] for s in steps if s["outcome"] == "failed"), None)
         if signal_name is not None:
             status, outcome = "aborted", f"aborted by signal {signal_name}"
         elif error is not None or failed_hosts:
-            last = steps[-1]["name"] if steps else "start"
+            last = active or (steps[-1]["name"] if steps else "start")
             status, outcome = "failed", f"failed at {failed_step or last}"
         else:
             status, outcome = "completed", "succeeded"
