@@ -147,15 +147,29 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, os.WNOHANG)
 
 
-def processes_mentioning(text: str) -> list[psutil.Process]:
-    """Every live process whose command line or working directory contains `text` (for leak checks)."""
+SERVICE_NAMES = {"postgres", "node", "prometheus", "python", "python3", "python3.11"}
+SERVICE_MODULES = ("rehearsal.app", "rehearsal.sinks")
+
+
+def stack_processes(run_dir: str) -> list[psutil.Process]:
+    """Live processes that are services of the stack in `run_dir`, recorded or not (for leak checks).
+
+    A service: a postgres/node/prometheus/python process working inside the run folder (postgres
+    backends, Unleash), or a postgres/prometheus/`python -m rehearsal.app|sinks` process whose
+    command line names the run folder. A shell, editor or `tail -f` that merely mentions the
+    folder is not one, and is never touched.
+    """
     found = []
     me = os.getpid()
-    for proc in psutil.process_iter(["pid", "cmdline", "cwd", "status"]):
+    for proc in psutil.process_iter(["pid", "name", "cmdline", "cwd", "status"]):
         info = proc.info
-        if info["pid"] == me or info["status"] == psutil.STATUS_ZOMBIE:
+        if info["pid"] == me or info["status"] == psutil.STATUS_ZOMBIE or info["name"] not in SERVICE_NAMES:
             continue
-        cmdline = " ".join(info["cmdline"] or [])
-        if text in cmdline or (info["cwd"] or "").startswith(text):
+        argv = info["cmdline"] or []
+        cwd = info["cwd"] or ""
+        inside = cwd == run_dir or cwd.startswith(run_dir + os.sep)
+        named = any(arg == run_dir or run_dir + os.sep in arg for arg in argv)
+        is_python_service = any(module in argv for module in SERVICE_MODULES)
+        if inside or (named and (info["name"] in ("postgres", "prometheus") or is_python_service)):
             found.append(proc)
     return found

@@ -406,7 +406,7 @@ class Stack:
             self.cluster.stop()
         leftovers = self.leftover_processes()
         if leftovers:
-            # Processes that name our run folder are ours (cmdline or cwd): stop them, then insist.
+            # Services of this run folder that no pid file knew of (a crashed `up`): stop them, then insist.
             for proc in leftovers:
                 with contextlib.suppress(Exception):
                     proc.kill()
@@ -422,8 +422,8 @@ class Stack:
         return stopped
 
     def leftover_processes(self) -> list:
-        """Live processes that mention the run folder in their command line or working directory."""
-        return procs.processes_mentioning(str(self.run_dir))
+        """Live service processes of this run folder (see procs.stack_processes); empty after `down`."""
+        return procs.stack_processes(str(self.run_dir))
 
     # -- status and env ------------------------------------------------------------------------
     def status(self) -> dict[str, dict]:

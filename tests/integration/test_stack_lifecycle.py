@@ -65,6 +65,7 @@ def test_up_failure_recovery_tenants_and_down(run_dir):
     ports = {name: free_port() for name in DEFAULT_PORTS}
     ports["app-1"] = blocker.getsockname()[1]
     pids = {}
+    bystander = None
     try:
         # Someone else holds app-1's port: up fails naming app-1 and quoting its log.
         with pytest.raises(StackError) as failure:
@@ -96,14 +97,21 @@ def test_up_failure_recovery_tenants_and_down(run_dir):
         assert all(timings[name] == 0.0 for name in ("postgres", "unleash", "prometheus", "sinks", "app-1"))
         assert stack.env()["ROLLBACK_TENANT_DBS"] == "tenant_001"
         pids["app-2-again"] = stack.status()["app-2"]["pid"]
+        # Someone follows a log of the stack: `down` must not touch that process.
+        bystander = subprocess.Popen(["sh", "-c", f"tail -f {run_dir}/logs/app-1.log > /dev/null"])
     finally:
         blocker.close()
         proc = cli(run_dir, "down")
+        bystander_survived = bystander is not None and bystander.poll() is None
+        if bystander is not None:
+            bystander.terminate()
+            bystander.wait(5)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "no process left" in proc.stdout
     assert stack.leftover_processes() == []
     assert all(gone(pid) for pid in pids.values() if pid), pids
     assert not any(listening(port) for port in ports.values()), ports
+    assert bystander_survived, "down killed a process that only mentions the run folder"
     status = cli(run_dir, "status")
     assert status.returncode == 1
     assert "DOWN" in status.stdout
