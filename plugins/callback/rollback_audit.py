@@ -66,8 +66,8 @@ description:
     Nothing else is copied from results, and the module results of two actions are read through a
     whitelist - C(feature_flag) (provider, previous_state, state, changed, attempts,
     change_reference, into C(flag)) and C(schema_migration) (from_revision, to_revision, changed,
-    sql_sha256, archive, attempts, lock_wait_seconds, duration_seconds, into C(databases) per host,
-    or per item of its C(databases) list).
+    sql_sha256, archive, attempts, lock_wait_seconds, duration_seconds, into C(databases) under the
+    host's name, or under each item's C(name) when the result has a C(databases) list).
   - >-
     B(Secrets.) Results of no_log tasks are never read. Values under keys that look secret
     (password, token, api_key, secret, dsn, webhook, credential, private_key) become
@@ -593,8 +593,7 @@ class CallbackModule(CallbackBase):
         entries = {}
         for index, entry in enumerate(databases):
             if isinstance(entry, dict):
-                name = entry.get("name") or entry.get("database") or f"{host}[{index}]"
-                entries[f"{host}/{name}"] = entry
+                entries[str(entry.get("name") or f"{host}[{index}]")] = entry  # the module's unique name
         return entries
 
     # -- hooks ---------------------------------------------------------------------------------

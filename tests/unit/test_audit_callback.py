@@ -323,8 +323,8 @@ def test_loop_results_of_schema_migration_per_database(driver):
     driver.result(schema, "db-eu", {"changed": True, "databases": databases})
     driver.finish()
     assert driver.records()[-1]["databases"] == {
-        "db-eu/orders": {"from_revision": "0002", "to_revision": "0001", "changed": True},
-        "db-eu/billing": {"from_revision": "0001", "to_revision": "0001", "changed": False},
+        "orders": {"from_revision": "0002", "to_revision": "0001", "changed": True},
+        "billing": {"from_revision": "0001", "to_revision": "0001", "changed": False},
     }
 
 
