@@ -67,6 +67,8 @@ SECRETS = {
     "ROLLBACK_DB_DSN": "postgresql://migrator:canary-dsn-5b8e41@db.example.com/app",
     "ROLLBACK_AUDIT_PG_DSN": "postgresql://auditor:canary-audit-0d6f13@audit.example.com/audit",
     "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T000/B000/canary-slack-c0ffee",
+    "SMTP_USERNAME": "canary-smtp-user-6a0b",
+    "SMTP_PASSWORD": "canary-smtp-pass-2f95",
     "AWX_SLACK_TOKEN": "xoxb-canary-slacktoken-91d7",
     "AWX_SMTP_PASSWORD": "canary-smtp-4e21aa",
 }
@@ -290,9 +292,13 @@ def test_credential_types_inject_every_interface_secret_as_env_only():
             assert all(fields[field].get("secret") is True for field in used), f"{name} comes from a non-secret field"
             injected.add(name)
     assert interface_secrets() == {"FF_API_KEY", "PGPASSWORD", "ROLLBACK_DB_DSN", "SLACK_WEBHOOK_URL"}
-    # ... and the audit callback's PostgreSQL copy, a secret it reads from the environment only.
-    assert injected == interface_secrets() | {"ROLLBACK_AUDIT_PG_DSN"}
+    # ... and those the playbook's parts read from the environment beside them: the audit
+    # callback's PostgreSQL copy and the notify role's SMTP login.
+    assert injected == interface_secrets() | {"ROLLBACK_AUDIT_PG_DSN", "SMTP_USERNAME", "SMTP_PASSWORD"}
     assert "- name: ROLLBACK_AUDIT_PG_DSN" in (ROOT / "plugins" / "callback" / "rollback_audit.py").read_text()
+    notify = "\n".join(path.read_text() for path in (ROOT / "roles" / "rollback_notify").rglob("*.yml"))
+    for name in ("SMTP_USERNAME", "SMTP_PASSWORD", "SLACK_WEBHOOK_URL"):
+        assert f"lookup('ansible.builtin.env', '{name}')" in notify, f"the notify role no longer reads {name}"
 
 
 def test_credentials_carry_the_configuration_environment_into_the_injected_environment():
@@ -309,10 +315,15 @@ def test_credentials_carry_the_configuration_environment_into_the_injected_envir
             assert sandbox.from_string(template).render(**credential["inputs"]) == SECRETS[name]
     # An optional input left empty is injected as an empty string (AWX leaves it out of the
     # namespace): the rollback must read an empty ROLLBACK_DB_DSN / ROLLBACK_AUDIT_PG_DSN as unset.
-    database = types["Rollback database"]
-    for name, field in (("ROLLBACK_DB_DSN", "dsn"), ("ROLLBACK_AUDIT_PG_DSN", "audit_dsn")):
-        assert sandbox.from_string(database["injectors"]["env"][name]).render(password="x") == ""
-        assert field not in database["inputs"]["required"]
+    optional = [
+        ("Rollback database", "ROLLBACK_DB_DSN", "dsn"),
+        ("Rollback database", "ROLLBACK_AUDIT_PG_DSN", "audit_dsn"),
+        ("Rollback notifications", "SMTP_USERNAME", "smtp_username"),
+        ("Rollback notifications", "SMTP_PASSWORD", "smtp_password"),
+    ]
+    for type_name, name, field in optional:
+        assert sandbox.from_string(types[type_name]["injectors"]["env"][name]).render() == ""
+        assert field not in types[type_name]["inputs"]["required"]
 
 
 def test_tasks_that_carry_secrets_hide_their_arguments():
