@@ -9,13 +9,18 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: rehearse test lint pytest setup
+.PHONY: rehearse test lint pytest setup bench
 .DEFAULT_GOAL := test
 
 ## make rehearse — the main job: a full rehearsal of the emergency rollback on the local stack.
 rehearse: setup
 	@echo "make rehearse: not implemented yet: it needs the rehearsal stack (issue 5), the schema and flag modules (issues 3, 4) and the rollback playbook (issue 6)." >&2
 	@exit 1
+
+## make bench — the benchmarks: writes bench/RESULTS.md and bench/*.png (a quicker run:
+## make bench BENCH_ARGS="--runs 3 --fanout 1,10,50,100"; see python -m bench --help).
+bench: setup
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 ## make test — lint and every test.
 test: setup lint pytest

@@ -1,0 +1,155 @@
+"""`python -m bench` (`make bench`): measure the rollback, write bench/RESULTS.md and the plots.
+
+Brings its own rehearsal stack up in .run/bench/ (free ports, the tenant databases P2 needs, SDK
+refresh 1 s), deploys once through playbooks/deploy.yml, warms up with one unmeasured rollback,
+then measures P1, P2, the profile, P4 and P3 (in that order: P3 restarts the app instances with
+other refresh intervals), writes bench/results.json, bench/RESULTS.md and bench/*.png, and tears
+the stack down. Raw data (logs, audit files, the load series) stay in bench/out/ (git-ignored).
+
+    python -m bench                                   # everything, the defaults below
+    python -m bench --runs 3 --fanout 1,10,50,100     # fewer runs
+    python -m bench --only p1,profile --runs 2        # a part (the report shows what was measured)
+    python -m bench --report-only                     # rewrite RESULTS.md and plots from results.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from bench import BENCH_DIR, ROOT
+from bench.common import machine_info, run_playbook
+from bench.deploy import redeploy
+from bench.report import write_report
+from bench.scenarios import (
+    APP_DB,
+    Context,
+    measure_p1,
+    measure_p2,
+    measure_p3,
+    measure_p4,
+    measure_profile,
+    measure_task_overhead,
+)
+from rehearsal.stack import Stack
+
+PARTS = ("p1", "p2", "profile", "overhead", "p4", "p3")
+
+
+def _numbers(text: str, kind=int) -> list:
+    return [kind(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="P1 runs of the playbook and of the floor (default 5)")
+    parser.add_argument("--fanout", default="1,10,50,100", help="P2 database counts (default 1,10,50,100)")
+    parser.add_argument("--fanout-runs", type=int, default=3, help="P2 runs per count and kind (default 3)")
+    parser.add_argument("--refresh", default="1,5", help="P3 SDK refresh intervals in s (default 1,5)")
+    parser.add_argument("--p3-runs", type=int, default=8, help="P3 flag toggles per refresh interval (default 8)")
+    parser.add_argument("--profile-runs", type=int, default=3, help="profiled playbook runs (default 3)")
+    parser.add_argument("--rate", type=float, default=200, help="P4 load in requests/s (default 200)")
+    parser.add_argument("--only", help=f"comma list of parts to run, of {','.join(PARTS)} (default all)")
+    parser.add_argument("--run-dir", type=Path, default=ROOT / ".run" / "bench", help="the stack's run folder")
+    parser.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="raw data folder (default bench/out)")
+    parser.add_argument("--report-dir", type=Path, default=BENCH_DIR, help="where RESULTS.md, results.json, *.png go")
+    parser.add_argument("--keep-stack", action="store_true", help="leave the stack up at the end")
+    parser.add_argument("--report-only", action="store_true", help="only rewrite the report from results.json")
+    args = parser.parse_args(argv)
+    args.parts = _numbers(args.only, str) if args.only else list(PARTS)
+    unknown = sorted(set(args.parts) - set(PARTS))
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}: choose among {', '.join(PARTS)}")
+    args.fanout, args.refresh = _numbers(args.fanout), _numbers(args.refresh, float)
+    if any(n < 1 for n in args.fanout) or args.runs < 1 or args.fanout_runs < 1:
+        parser.error("runs and database counts must be at least 1")
+    return args
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report_dir = args.report_dir
+    report_dir.mkdir(parents=True, exist_ok=True)
+    results_file = report_dir / "results.json"
+    if args.report_only:
+        write_report(json.loads(results_file.read_text()), report_dir)
+        log(f"wrote {report_dir / 'RESULTS.md'} and the plots from {results_file}")
+        return 0
+    results: dict = {
+        "machine": machine_info(),
+        "options": {
+            "runs": args.runs,
+            "fanout": args.fanout,
+            "fanout_runs": args.fanout_runs,
+            "refresh": args.refresh,
+            "p3_runs": args.p3_runs,
+            "profile_runs": args.profile_runs,
+            "rate": args.rate,
+            "parts": args.parts,
+        },
+    }
+    log(f"machine: {results['machine']}")
+    shutil.rmtree(args.out, ignore_errors=True)
+    args.out.mkdir(parents=True)
+    stack = Stack(args.run_dir)
+    tenants = max(args.fanout) - 1 if "p2" in args.parts else 0
+    code = 0
+    try:
+        log(f"stack: up in {args.run_dir} with {tenants} tenant database(s)")
+        results["stack_up_seconds"] = stack.up(ports="auto", tenants=tenants, refresh_interval=1.0)["total"]
+        stack.reset()
+        ctx = Context(stack, args.out, log=log)
+        log("setup: playbooks/deploy.yml once, then one unmeasured rollback (warm-up)")
+        deployed = run_playbook(
+            "playbooks/deploy.yml", ctx.env, args.out / "logs" / "000-deploy.log", args.out / "audit" / "deploy.jsonl"
+        )
+        results["deploy_playbook_seconds"] = round(deployed.timed.wall, 2)
+        ctx.playbook("warmup", [APP_DB])
+        redeploy(stack, [APP_DB])
+        ctx.floor("warmup", [APP_DB])
+        measures = {
+            "p1": lambda: measure_p1(ctx, args.runs),
+            "p2": lambda: measure_p2(ctx, args.fanout, args.fanout_runs),
+            "profile": lambda: measure_profile(ctx, args.profile_runs),
+            "overhead": lambda: measure_task_overhead(ctx),
+            "p4": lambda: measure_p4(ctx, rate=args.rate),
+            "p3": lambda: measure_p3(ctx, args.refresh, args.p3_runs),
+        }
+        for part in PARTS:
+            if part in args.parts:
+                began = time.monotonic()
+                results[part] = measures[part]()
+                results.setdefault("part_seconds", {})[part] = round(time.monotonic() - began, 1)
+                _save(results, results_file)
+    except BaseException as exc:
+        log(f"stopped: {type(exc).__name__}: {exc}")
+        traceback.print_exc()
+        results["error"] = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        code = 1
+    finally:
+        results["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+        if not args.keep_stack:
+            log("stack: down")
+            stack.down()
+    _save(results, results_file)
+    write_report(results, report_dir)
+    log(f"wrote {report_dir / 'RESULTS.md'}, {results_file} and the plots")
+    return code
+
+
+def _save(results: dict, path: Path) -> None:
+    path.write_text(json.dumps(results, indent=1, default=str) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

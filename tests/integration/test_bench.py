@@ -1,0 +1,74 @@
+"""Smoke test of the benchmark's own code against the rehearsal stack (never a time: only that it works).
+
+The floor (bench/floor.py) must really do the rollback it is compared with: flag off, instances on
+legacy, the schema back at the rollback point with its rows archived, and report the figures the
+report reads. The redeploy between runs (bench/deploy.py) must put a real deployment back.
+"""
+
+import json
+import sys
+
+import psycopg2
+import pytest
+
+from bench.common import base_env, run_floor, run_timed
+from bench.deploy import HEAD, redeploy
+from bench.floor import STEPS
+from rehearsal import appdb
+
+pytestmark = pytest.mark.integration
+
+
+def revision(stack, dbname=appdb.APP_DB):
+    return appdb.current_revision(stack.dsn(dbname))
+
+
+def test_redeploy_then_floor_rolls_back_for_real(stack_baseline, tmp_path):
+    stack = stack_baseline
+    redeploy(stack, [appdb.APP_DB])
+    assert revision(stack) == HEAD
+    assert {s["path"] for s in stack.app_statuses()} == {"new"}
+
+    timed, result = run_floor(
+        base_env(stack.env()),
+        [appdb.APP_DB],
+        tmp_path / "floor.log",
+        tmp_path / "floor.json",
+        audit_file=str(tmp_path / "audit.jsonl"),
+    )
+
+    assert timed.rc == 0, timed.log.read_text()
+    assert set(result) >= {"total_seconds", "started_at", "propagation_seconds", "steps", "changed", "target"}
+    assert list(result["steps"]) == list(STEPS)
+    assert all(set(step) == {"seconds", "started_at", "ended_at"} for step in result["steps"].values())
+    assert result["changed"] == 1
+    assert result["target"] == appdb.BASELINE
+    assert result["flag_before"] == "enabled"
+    # The rollback happened: flag off, every instance on legacy, schema at the rollback point, rows archived.
+    assert revision(stack) == appdb.BASELINE
+    assert not stack.unleash.flag_enabled()
+    assert {s["path"] for s in stack.app_statuses()} == {"legacy"}
+    with psycopg2.connect(stack.dsn()) as conn, conn.cursor() as cur:
+        cur.execute("SELECT count(*) FROM rollback_archive.manifest")
+        assert cur.fetchone()[0] >= 1
+    records = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in records] == ["start", "end"]
+    assert records[1]["prev_sha256"] != "0" * 64
+    assert [m["subject"] for m in stack.mails()][-1].startswith("Rollback of DataTransformationFeature")
+
+
+def test_floor_refuses_in_one_line_without_secrets(stack, tmp_path):
+    env = base_env(stack.env())
+    log = tmp_path / "floor.log"
+    timed = run_timed(
+        [sys.executable, "-m", "bench.floor", "--db", "no_such_database", "--json-out", str(tmp_path / "x.json")],
+        env,
+        log,
+    )
+    output = log.read_text()
+    assert timed.rc == 1
+    assert output.startswith("floor: ") and output.count("\n") == 1, output
+    assert "no_such_database" in output
+    for key in ("PGPASSWORD", "FF_API_KEY", "SLACK_WEBHOOK_URL", "SMTP_PASSWORD"):
+        assert env[key] not in output
+    assert not (tmp_path / "x.json").exists()
