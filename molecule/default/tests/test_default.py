@@ -9,28 +9,20 @@ record per run, with the right operator, and its chain is intact.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-import requests
 from drills import context
-from drills.checks import end_record, mails_of, posts_of, step
+from drills.checks import (
+    check_archive,
+    check_healthy_on,
+    check_no_failed_request,
+    check_secrets_absent,
+    end_record,
+    mails_of,
+    posts_of,
+    series,
+    step,
+)
 
 STEPS = ["preflight", "flag", "propagation", "schema", "verify", "notify"]
-
-
-def _series(run: dict) -> list[str]:
-    """The load generator's raw series of a run (JSONL lines)."""
-    return (context.Scenario("default").dir / f"load-{run['label'].replace('#', '-')}.jsonl").read_text().splitlines()
-
-
-def _new_path_writes(state: dict, run: dict) -> int:
-    """Rows the new path wrote: prepare's documents plus every request the load got answered on the new path."""
-    served_new = 0
-    for line in _series(run):
-        sample = json.loads(line)
-        served_new += sample["status"] == 200 and sample["path"] == "new"
-    return len(state["new_path_writes"]) + served_new
 
 
 def test_the_schema_is_at_the_rollback_point_with_its_pre_deployment_fingerprint(stack, state):
@@ -51,24 +43,10 @@ def test_the_features_objects_are_gone(stack):
     assert context.query(stack, "SELECT count(*) FROM pg_type WHERE typname = 'transformation_stage'") == [(0,)]
 
 
-def test_the_archive_holds_exactly_the_rows_the_new_path_wrote(stack, state, runs):
-    run = runs["rollback"]
-    archive = end_record(run)["databases"]["local-app"]["archive"]
-    expected = _new_path_writes(state, run)
+def test_the_archive_holds_exactly_the_rows_the_new_path_wrote(stack, scenario, state, runs):
+    expected = check_archive(stack, scenario, state, runs["rollback"], [runs["rollback"]])
     assert expected > len(state["new_path_writes"]), "the load never reached the new path: the drill proves nothing"
-    manifest = [m for m in context.archive_tables(stack) if m["run_id"] == archive["run_id"]]
-    by_source = {(m["source_table"], m["source_column"]): m for m in manifest}
-    assert set(by_source) == {("transformation_jobs", None), ("documents", "transform_version")}
-    jobs = by_source[("transformation_jobs", None)]
-    assert jobs["row_count"] == expected
-    assert context.archive_count(stack, jobs["archive_table"]) == expected
-    versions = by_source[("documents", "transform_version")]["archive_table"]
-    assert context.archive_count(stack, versions, "transform_version = 2") == expected
-    archived_documents = set(context.archive_column(stack, jobs["archive_table"], "document_id"))
-    assert {w["document_id"] for w in state["new_path_writes"]} <= archived_documents
-    # The archive may hold personal data: the application's role cannot read it.
-    qualified = f'rollback_archive."{jobs["archive_table"]}"'
-    assert context.query(stack, "SELECT has_table_privilege('app_rw', %s, 'SELECT')", (qualified,)) == [(False,)]
+    archive = end_record(runs["rollback"])["databases"]["local-app"]["archive"]
     assert sum(t["rows"] for t in archive["tables"]) == archive["rows"]
 
 
@@ -77,24 +55,15 @@ def test_the_flag_reads_off_in_unleash(flag_enabled):
 
 
 def test_both_instances_are_healthy_on_the_legacy_path(stack):
-    statuses = stack.app_statuses()
-    assert [s["instance"] for s in statuses] == ["app-1", "app-2"]
-    assert all(s["path"] == "legacy" and s["flag_enabled"] is False for s in statuses), statuses
-    for url in stack.env()["APP_URLS"].split(","):
-        assert requests.get(url + "/healthz", timeout=5).status_code == 200
-    for instance in ("app-1", "app-2"):
-        response = stack.transform(instance)
-        assert response.status_code == 200 and response.json()["path"] == "legacy", response.text
+    check_healthy_on(stack, "legacy")
 
 
-def test_no_request_failed_while_the_rollback_ran(runs):
+def test_no_request_failed_while_the_rollback_ran(scenario, runs):
     for label in ("rollback", "rollback#2"):
-        load = runs[label]["load"]["during_rollback"]
-        assert load["failed"] == 0, f"{label}: {load['failed']} failed requests ({load['by_status']})"
-        # Steady traffic to both instances for the whole run (a generous floor: this machine is shared).
-        assert load["requests"] >= 0.5 * load["target_rate"] * runs[label]["seconds"], load
-        instances = {json.loads(line)["instance"] for line in _series(runs[label])}
-        assert len(instances) == 2
+        check_no_failed_request(runs[label])
+        assert {s["instance"] for s in series(scenario, runs[label])} == set(
+            runs[label]["load"]["whole_series"]["urls"]
+        )
     # The first run met traffic on the new path and moved it to the legacy path, without a failure.
     assert set(runs["rollback"]["load"]["during_rollback"]["by_path"]) == {"new", "legacy"}
 
@@ -165,12 +134,4 @@ def test_the_audit_chain_is_intact_and_private(audit_verify, host, scenario):
 
 
 def test_no_secret_reached_the_audit_the_output_or_the_notifications(stack, scenario, runs):
-    secrets = [value for key, value in stack.env().items() if key in ("FF_API_KEY", "PGPASSWORD", "SMTP_PASSWORD")]
-    secrets.append(stack.env()["SLACK_WEBHOOK_URL"].rsplit("/", 1)[1])
-    places = {"audit": scenario.audit_file.read_text()}
-    for run in runs.values():
-        places[run["log"]] = Path(run["log"]).read_text()
-        places[f"{run['label']} sinks"] = json.dumps(run["sinks"])
-    for where, text in places.items():
-        for secret in secrets:
-            assert secret not in text, f"a secret is in {where}"
+    check_secrets_absent(stack, scenario, list(runs.values()))

@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import requests
+
+from drills import context
+
 
 def end_record(run: dict) -> dict:
     assert run["audit"]["start"], f"{run['label']}: the audit file has no start record of this run"
@@ -33,3 +40,78 @@ def alert_of(run: dict) -> dict:
     assert len(mails) == 1, f"{run['label']}: expected one e-mail naming run {run['audit']['run_id']}, got {len(mails)}"
     assert mails[0]["subject"].startswith("ROLLBACK FAILED in local"), mails[0]["subject"]
     return mails[0]
+
+
+def series(scenario, run: dict) -> list[dict]:
+    """The load generator's raw series of a run (one dict per request)."""
+    path = scenario.dir / f"load-{run['label'].replace('#', '-')}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def new_path_writes(scenario, state: dict, runs: list[dict]) -> int:
+    """Rows the new path wrote since the deployment: prepare's documents plus every request of these runs'
+    load that an instance answered 200 on the new path (each one inserted a transformation_jobs row)."""
+    served = sum(1 for run in runs for s in series(scenario, run) if s["status"] == 200 and s["path"] == "new")
+    return len(state["new_path_writes"]) + served
+
+
+def archive_of(run: dict) -> dict:
+    """The archive a run's schema revert made (from its audit record)."""
+    archive = end_record(run)["databases"]["local-app"]["archive"]
+    assert archive and archive["rows"] > 0, f"{run['label']}: no archive in the audit record"
+    return archive
+
+
+def check_archive(stack, scenario, state: dict, archiving_run: dict, runs: list[dict]) -> int:
+    """The archive of `archiving_run` holds exactly the rows the new path wrote, readable by the migration role
+    only; returns that row count."""
+    archive = archive_of(archiving_run)
+    expected = new_path_writes(scenario, state, runs)
+    manifest = [m for m in context.archive_tables(stack) if m["run_id"] == archive["run_id"]]
+    by_source = {(m["source_table"], m["source_column"]): m for m in manifest}
+    assert set(by_source) == {("transformation_jobs", None), ("documents", "transform_version")}, manifest
+    jobs = by_source[("transformation_jobs", None)]
+    assert jobs["row_count"] == expected
+    assert context.archive_count(stack, jobs["archive_table"]) == expected
+    versions = by_source[("documents", "transform_version")]["archive_table"]
+    assert context.archive_count(stack, versions, "transform_version = 2") == expected
+    archived_documents = set(context.archive_column(stack, jobs["archive_table"], "document_id"))
+    assert {w["document_id"] for w in state["new_path_writes"]} <= archived_documents
+    qualified = f'rollback_archive."{jobs["archive_table"]}"'
+    assert context.query(stack, "SELECT has_table_privilege('app_rw', %s, 'SELECT')", (qualified,)) == [(False,)]
+    return expected
+
+
+def check_healthy_on(stack, path: str) -> None:
+    """Both instances report `path` on /status, answer /healthz, and serve a request on that path now."""
+    statuses = stack.app_statuses()
+    assert [s["instance"] for s in statuses] == ["app-1", "app-2"]
+    assert all(s["path"] == path for s in statuses), statuses
+    for url in stack.env()["APP_URLS"].split(","):
+        assert requests.get(url + "/healthz", timeout=5).status_code == 200
+    for instance in ("app-1", "app-2"):
+        response = stack.transform(instance)
+        assert response.status_code == 200 and response.json()["path"] == path, response.text
+
+
+def check_no_failed_request(run: dict) -> dict:
+    """No request failed while the run went on, and steady traffic reached both instances."""
+    load = run["load"]["during_rollback"]
+    assert load["failed"] == 0, f"{run['label']}: {load['failed']} failed requests ({load['by_status']})"
+    # A generous floor of the steady rate: this machine is shared and noisy.
+    assert load["requests"] >= 0.5 * load["target_rate"] * run["seconds"], load
+    return load
+
+
+def check_secrets_absent(stack, scenario, runs: list[dict]) -> None:
+    """No secret of the stack in the audit file, the runs' output or what the sinks received."""
+    env = stack.env()
+    secrets = [env[key] for key in ("FF_API_KEY", "PGPASSWORD", "SMTP_PASSWORD")]
+    secrets.append(env["SLACK_WEBHOOK_URL"].rsplit("/", 1)[1])
+    places = {"the audit file": scenario.audit_file.read_text()}
+    for run in runs:
+        places[run["log"]] = Path(run["log"]).read_text()
+        places[f"what the sinks got during {run['label']}"] = json.dumps(run["sinks"])
+    for where, text in places.items():
+        for secret in secrets:
+            assert secret not in text, f"a secret is in {where}"

@@ -157,26 +157,37 @@ def _check(expect: str, rc: int) -> str | None:
     return None
 
 
+_ADVISORY = "l.locktype = 'advisory' AND l.classid = 1650483701 AND l.objid = 3462870558"
+
+
 def _wait_for_revert_in_progress(the_stack, run: PlaybookRun, timeout: float = 180) -> dict:
-    """Block until the flag is off in Unleash and a schema revert holds the runbook's advisory lock."""
+    """Block until the flag is off in Unleash and a schema revert, holding the runbook's advisory lock, waits
+    for a table lock inside its downgrade transaction (the middle of the revert)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not run.running():
             raise DrillError(f"the rollback ended (rc {run.process.returncode}) before its schema revert started")
         if not the_stack.unleash.flag_enabled(context.FLAG, "default", "production"):
-            holders = context.query(
+            reverting = context.query(
                 the_stack,
-                """SELECT l.pid, a.application_name, a.wait_event_type FROM pg_locks l
-                   JOIN pg_stat_activity a ON a.pid = l.pid
-                   WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 1650483701 AND l.objid = 3462870558""",
+                f"""SELECT a.pid, a.application_name, a.wait_event_type, a.state, a.xact_start IS NOT NULL
+                    FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+                    WHERE {_ADVISORY} AND l.granted AND a.wait_event_type = 'Lock'""",  # noqa: S608 - constants
             )
-            if holders:
+            if reverting:
+                pid, application_name, wait, session_state, in_transaction = reverting[0]
                 return {
                     "flag_enabled": False,
-                    "advisory_lock_holders": [{"pid": p, "application_name": a, "wait": w} for p, a, w in holders],
+                    "revert_session": {
+                        "pid": pid,
+                        "application_name": application_name,
+                        "wait_event_type": wait,
+                        "state": session_state,
+                        "in_transaction": in_transaction,
+                    },
                 }
         time.sleep(0.1)
-    raise DrillError(f"the schema revert did not start within {timeout:.0f} s")
+    raise DrillError(f"the schema revert did not start waiting for a lock within {timeout:.0f} s")
 
 
 def _after_kill(the_stack, run: PlaybookRun) -> dict:
@@ -184,21 +195,22 @@ def _after_kill(the_stack, run: PlaybookRun) -> dict:
     lock_released_after = None
     began = time.monotonic()
     while time.monotonic() - began < 15:
-        held = context.query(
-            the_stack,
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = 1650483701 AND objid = 3462870558",
-        )[0][0]
+        held = context.query(the_stack, f"SELECT count(*) FROM pg_locks l WHERE {_ADVISORY}")[0][0]  # noqa: S608
         if not held:
             lock_released_after = round(time.monotonic() - began, 2)
             break
         time.sleep(0.1)
+    return {"process_group_left": run.group_alive(), "advisory_lock_released_after": lock_released_after}
+
+
+def observe(the_stack) -> dict:
+    """The state a run leaves behind: revision, schema fingerprint, archive, flag, the instances' paths."""
     return {
-        "process_group_left": run.group_alive(),
-        "advisory_lock_released_after": lock_released_after,
         "revision": context.revision(the_stack),
         "fingerprint": context.fingerprint(the_stack),
         "archive_tables": context.archive_tables(the_stack),
         "flag_enabled": the_stack.unleash.flag_enabled(context.FLAG, "default", "production"),
+        "paths": [status["path"] for status in the_stack.app_statuses()],
     }
 
 
@@ -346,6 +358,7 @@ def rollback(name: str, label: str, request: Request) -> list[dict]:
         scope.callback(_reap, runs)
         _say(f"{name}: running rollback.yml ({', '.join(labels)}) with load at {request.load_rate}/s")
         _drive(the_stack, runs, request, fault)
+    after = observe(the_stack)
     if blocker:
         fault["blocker"] = blocker.report()
     if proxy:
@@ -357,6 +370,8 @@ def rollback(name: str, label: str, request: Request) -> list[dict]:
 
     sinks = sink_messages(the_stack, since)
     records = [_record(run, scenario=scenario, request=request, load=load, sinks=sinks, fault=fault) for run in runs]
+    for record in records:
+        record["after"] = after
     scenario.add_runs(records)
     results.write(scenario)
     problems = []
