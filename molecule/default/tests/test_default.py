@@ -43,8 +43,8 @@ def test_the_features_objects_are_gone(stack):
     assert context.query(stack, "SELECT count(*) FROM pg_type WHERE typname = 'transformation_stage'") == [(0,)]
 
 
-def test_the_archive_holds_exactly_the_rows_the_new_path_wrote(stack, scenario, state, runs):
-    expected = check_archive(stack, scenario, state, runs["rollback"], [runs["rollback"]])
+def test_the_archive_holds_exactly_the_rows_the_new_path_wrote(stack, state, runs):
+    expected = check_archive(stack, state, runs["rollback"], [runs["rollback"]])
     assert expected > len(state["new_path_writes"]), "the load never reached the new path: the drill proves nothing"
     archive = end_record(runs["rollback"])["databases"]["local-app"]["archive"]
     assert sum(t["rows"] for t in archive["tables"]) == archive["rows"]
@@ -58,12 +58,10 @@ def test_both_instances_are_healthy_on_the_legacy_path(stack):
     check_healthy_on(stack, "legacy")
 
 
-def test_no_request_failed_while_the_rollback_ran(scenario, runs):
+def test_no_request_failed_while_the_rollback_ran(runs):
     for label in ("rollback", "rollback#2"):
         check_no_failed_request(runs[label])
-        assert {s["instance"] for s in series(scenario, runs[label])} == set(
-            runs[label]["load"]["whole_series"]["urls"]
-        )
+        assert {s["instance"] for s in series(runs[label])} == set(runs[label]["load"]["whole_series"]["urls"])
     # The first run met traffic on the new path and moved it to the legacy path, without a failure.
     assert set(runs["rollback"]["load"]["during_rollback"]["by_path"]) == {"new", "legacy"}
 

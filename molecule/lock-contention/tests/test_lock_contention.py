@@ -66,7 +66,7 @@ def test_the_blocked_rollback_left_nothing_half_done(state, runs):
     assert "- database local-app: revision 0002_data_transformation" in alert_of(runs["blocked"])["text"]
 
 
-def test_the_rollback_retried_and_succeeded_once_the_blocker_ended(stack, scenario, state, runs, flag_enabled):
+def test_the_rollback_retried_and_succeeded_once_the_blocker_ended(stack, state, runs, flag_enabled):
     run = runs["released"]
     blocker = run["fault"]["blocker"]
     assert run["rc"] == 0
@@ -79,7 +79,7 @@ def test_the_rollback_retried_and_succeeded_once_the_blocker_ended(stack, scenar
     # The final state: at the rollback point, every row the new path wrote archived, flag off.
     assert context.revision(stack) == "0001_legacy"
     assert context.fingerprint(stack) == state["fingerprints"]["baseline"]
-    check_archive(stack, scenario, state, run, [runs["blocked"], run])
+    check_archive(stack, state, run, [runs["blocked"], run])
     assert flag_enabled() is False
     check_healthy_on(stack, "legacy")
 

@@ -2,7 +2,8 @@
 
     prepare  SCENARIO [--writes N] [--faulty]      reset the shared stack, deploy, write through the new path
     rollback SCENARIO --label NAME [--expect success|failure|killed|any] [--load-rate R]
-             [--flag-fault 500|503|401] [--blocker hold|release-after=S] [--kill] [--parallel N] [-e VAR=VALUE ...]
+             [--flag-fault 500|503|401] [--blocker hold|release-when-queued|release-after=S]
+             [--kill] [--parallel N] [-e VAR=VALUE ...]
     report   SCENARIO                               what the drill did, readable (steps, load, notifications, audit)
 
 `rollback` streams the playbook's output, then prints one JSON line last: {"drill": "rollback", "runs": [...],
@@ -36,7 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--expect", choices=drill.EXPECTATIONS, default="success")
     rollback.add_argument("--load-rate", type=float, default=30.0, help="requests/s during the run (0: no load)")
     rollback.add_argument("--flag-fault", type=int, choices=(500, 503, 401), help="the flag API answers writes so")
-    rollback.add_argument("--blocker", help="hold | release-after=SECONDS: a transaction locking documents")
+    rollback.add_argument(
+        "--blocker", help="hold | release-when-queued | release-after=SECONDS: a transaction locking documents"
+    )
     rollback.add_argument("--kill", action="store_true", help="SIGKILL the controller once the schema revert runs")
     rollback.add_argument("--parallel", type=int, default=1, help="rollbacks launched at the same moment")
     rollback.add_argument("-e", dest="extra_vars", action="append", default=[], help="extra var for rollback.yml")

@@ -42,16 +42,15 @@ def alert_of(run: dict) -> dict:
     return mails[0]
 
 
-def series(scenario, run: dict) -> list[dict]:
+def series(run: dict) -> list[dict]:
     """The load generator's raw series of a run (one dict per request)."""
-    path = scenario.dir / f"load-{run['label'].replace('#', '-')}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return [json.loads(line) for line in Path(run["load"]["series"]).read_text().splitlines()]
 
 
-def new_path_writes(scenario, state: dict, runs: list[dict]) -> int:
+def new_path_writes(state: dict, runs: list[dict]) -> int:
     """Rows the new path wrote since the deployment: prepare's documents plus every request of these runs'
     load that an instance answered 200 on the new path (each one inserted a transformation_jobs row)."""
-    served = sum(1 for run in runs for s in series(scenario, run) if s["status"] == 200 and s["path"] == "new")
+    served = sum(1 for run in runs for s in series(run) if s["status"] == 200 and s["path"] == "new")
     return len(state["new_path_writes"]) + served
 
 
@@ -62,11 +61,11 @@ def archive_of(run: dict) -> dict:
     return archive
 
 
-def check_archive(stack, scenario, state: dict, archiving_run: dict, runs: list[dict]) -> int:
+def check_archive(stack, state: dict, archiving_run: dict, runs: list[dict]) -> int:
     """The archive of `archiving_run` holds exactly the rows the new path wrote, readable by the migration role
     only; returns that row count."""
     archive = archive_of(archiving_run)
-    expected = new_path_writes(scenario, state, runs)
+    expected = new_path_writes(state, runs)
     manifest = [m for m in context.archive_tables(stack) if m["run_id"] == archive["run_id"]]
     by_source = {(m["source_table"], m["source_column"]): m for m in manifest}
     assert set(by_source) == {("transformation_jobs", None), ("documents", "transform_version")}, manifest

@@ -27,6 +27,7 @@ from drills.runner import (
 OPERATOR = "drill-operator"
 LOAD_LEAD_IN = 1.0  # seconds of load before and after a rollback, so the window is fully covered
 EXPECTATIONS = ("success", "failure", "killed", "any")
+BLOCKERS = ("hold", "release-when-queued")
 
 
 def _say(text: str) -> None:
@@ -191,7 +192,7 @@ def _wait_for_revert_in_progress(the_stack, run: PlaybookRun, timeout: float = 1
 
 
 def _after_kill(the_stack, run: PlaybookRun) -> dict:
-    """What the kill left: the process group, the advisory lock, the revision, the schema, the archive."""
+    """What the kill left: processes of the killed tree, and when the database released the advisory lock."""
     lock_released_after = None
     began = time.monotonic()
     while time.monotonic() - began < 15:
@@ -200,7 +201,7 @@ def _after_kill(the_stack, run: PlaybookRun) -> dict:
             lock_released_after = round(time.monotonic() - began, 2)
             break
         time.sleep(0.1)
-    return {"process_group_left": run.group_alive(), "advisory_lock_released_after": lock_released_after}
+    return {"processes_left": run.tree_alive(), "advisory_lock_released_after": lock_released_after}
 
 
 def observe(the_stack) -> dict:
@@ -238,6 +239,7 @@ def _record(run: PlaybookRun, *, scenario: Scenario, request: Request, load: _Lo
             "during_rollback": window_summary(samples, run.started, run.ended, rate),
             "slowest_during_rollback": slowest(samples, run.started, run.ended),
             "whole_series": load.generator.summary(),
+            "series": str(load.generator.out),
         }
         schema = step_window(end, "schema")
         if schema:
@@ -276,8 +278,8 @@ class Request:
     def check(self) -> None:
         if self.expect not in EXPECTATIONS:
             raise DrillError(f"expect must be one of {', '.join(EXPECTATIONS)}")
-        if self.blocker and self.blocker != "hold" and not self.blocker.startswith("release-after="):
-            raise DrillError("blocker is hold or release-after=SECONDS")
+        if self.blocker and self.blocker not in BLOCKERS and not self.blocker.startswith("release-after="):
+            raise DrillError("blocker is hold, release-when-queued or release-after=SECONDS")
         if self.parallel < 1 or (self.kill and self.parallel != 1):
             raise DrillError("parallel is 1 or more, and a kill drill runs one rollback")
 
@@ -315,9 +317,12 @@ def _drive(the_stack, runs: list[PlaybookRun], request: Request, fault: dict) ->
         run.start()
     if request.kill:
         fault["kill"] = _wait_for_revert_in_progress(the_stack, runs[0])
-        runs[0].kill_group()
+        fault["kill"]["killed"] = runs[0].kill_tree()
         fault["kill"]["killed_at"] = time.time()
-        _say(f"SIGKILL sent to the controller's process group {runs[0].pid}")
+        _say(
+            f"SIGKILL sent to the controller {runs[0].pid} "
+            f"and the {len(fault['kill']['killed']) - 1} processes it started"
+        )
     for run in runs:
         run.wait(timeout=600)
     if request.kill:
@@ -347,8 +352,9 @@ def rollback(name: str, label: str, request: Request) -> list[dict]:
             overrides["FF_API_URL"] = proxy.url
         blocker = None
         if request.blocker:
-            release_after = None if request.blocker == "hold" else float(request.blocker.split("=", 1)[1])
-            blocker = scope.enter_context(LockBlocker(the_stack.dsn(role="app_rw"), release_after))
+            release_after = float(request.blocker.split("=", 1)[1]) if "=" in request.blocker else None
+            blocker = LockBlocker(the_stack.dsn(role="app_rw"), release_after, request.blocker == "release-when-queued")
+            scope.enter_context(blocker)
         env = context.playbook_env(the_stack, scenario.audit_file, overrides)
         args = _rollback_args(name, label, request.extra_vars, scenario.state.get("faulty", False))
         runs = [

@@ -104,14 +104,18 @@ class LockBlocker:
     It opens a transaction as the application role, reads `documents` (ACCESS SHARE: the app keeps
     writing, but the downgrade's ACCESS EXCLUSIVE lock on documents has to wait for it) and then sits
     idle in that transaction. With `release_after` it commits that many seconds after it first sees a
-    session waiting for it (so the rollback's first attempt times out and a later one succeeds);
-    without, it holds until `release()`. Its application_name lets the rollback's report name it.
+    rollback's session waiting for it (so the rollback's first attempt times out and a later one
+    succeeds); with `release_when_queued`, once a second rollback waits for the runbook's advisory
+    lock that the first one holds while it retries (at most MAX_HOLD seconds); otherwise it holds
+    until `release()`. Its application_name lets the rollback's report name it.
     """
 
     APPLICATION_NAME = "drill-lock-blocker"
+    MAX_HOLD = 60.0
 
-    def __init__(self, dsn: str, release_after: float | None = None):
-        self.dsn, self.release_after = dsn, release_after
+    def __init__(self, dsn: str, release_after: float | None = None, release_when_queued: bool = False):
+        self.dsn, self.release_after, self.release_when_queued = dsn, release_after, release_when_queued
+        self.queued_at = None
         self.pid: int | None = None
         self.acquired_at = self.first_waiter_at = self.released_at = None
         self.waiters: list[dict] = []
@@ -155,9 +159,9 @@ class LockBlocker:
                 cur.fetchone()
             self.acquired_at = time.time()
             self._ready.set()
-            deadline = None
+            deadline = self.acquired_at + self.MAX_HOLD if self.release_when_queued else None
             while not self._release.is_set():
-                if deadline is None:
+                if self.first_waiter_at is None:
                     waiters = [
                         w for w in self._waiters(watch) if w["application_name"].startswith("emergency-rollback")
                     ]
@@ -166,7 +170,10 @@ class LockBlocker:
                         self.waiters = waiters
                         if self.release_after is not None:
                             deadline = self.first_waiter_at + self.release_after
-                elif time.time() >= deadline:
+                if self.release_when_queued and self.queued_at is None and self._advisory_queued(watch):
+                    self.queued_at = time.time()
+                    deadline = self.queued_at + 0.5
+                if deadline is not None and time.time() >= deadline:
                     break
                 self._release.wait(0.05)
             conn.rollback()
@@ -187,11 +194,23 @@ class LockBlocker:
             )
             return [{"pid": p, "application_name": a, "wait_event_type": w} for p, a, w in cur.fetchall()]
 
+    @staticmethod
+    def _advisory_queued(watch) -> bool:
+        """Does a session wait for the runbook's advisory lock (pg_session.ADVISORY_LOCK_KEY)?"""
+        with watch.cursor() as cur:
+            cur.execute(
+                """SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted
+                   AND classid = 1650483701 AND objid = 3462870558"""
+            )
+            return cur.fetchone()[0] > 0
+
     def report(self) -> dict:
         return {
             "pid": self.pid,
             "application_name": self.APPLICATION_NAME,
             "release_after": self.release_after,
+            "release_when_queued": self.release_when_queued,
+            "queued_at": self.queued_at,
             "acquired_at": self.acquired_at,
             "first_waiter_at": self.first_waiter_at,
             "first_waiters": self.waiters,

@@ -53,6 +53,8 @@ def _run_lines(run: dict) -> list[str]:
             + (
                 f"released {blocker['release_after']} s after the rollback first waited"
                 if blocker["release_after"]
+                else "released once a second rollback queued for the advisory lock"
+                if blocker.get("release_when_queued")
                 else "held"
             )
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import psutil
 
 from drills.context import ROOT, VENV_BIN, parse_utc
 from rehearsal.load import Sample, summarize
@@ -81,15 +84,41 @@ class PlaybookRun:
         return self.rc
 
     def kill_group(self) -> None:
-        """SIGKILL the controller and every process of its group (forks, modules, their workers)."""
-        os.killpg(self.process.pid, signal.SIGKILL)
+        """SIGKILL the controller's process group (what is left of a run the drill gives up on)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
 
-    def group_alive(self) -> bool:
-        try:
-            os.killpg(self.process.pid, 0)
-        except ProcessLookupError:
-            return False
-        return True
+    def kill_tree(self) -> list[dict]:
+        """SIGKILL the controller and every process it started, at once, as when its machine or container dies.
+
+        ansible-playbook's workers call setsid() (ansible-core 2.17+), so its process group does not
+        hold the modules: the whole tree is frozen (SIGSTOP) first, so that nothing forks while it is
+        collected, then killed. Returns what was killed (pid, name).
+        """
+        root = psutil.Process(self.process.pid)
+        tree: dict[int, psutil.Process] = {}
+        for _ in range(3):  # collect again after freezing: a child may have been forked meanwhile
+            for proc in [root, *root.children(recursive=True)]:
+                if proc.pid not in tree:
+                    with contextlib.suppress(psutil.Error):
+                        proc.suspend()
+                        tree[proc.pid] = proc
+        killed = []
+        for proc in tree.values():
+            with contextlib.suppress(psutil.Error):
+                killed.append({"pid": proc.pid, "name": " ".join(proc.cmdline()[:3])[:400]})
+                proc.kill()
+        self.killed = list(tree.values())
+        return killed
+
+    def tree_alive(self) -> list[int]:
+        """Processes of the killed tree still running (zombies awaiting their parent do not count)."""
+        alive = []
+        for proc in getattr(self, "killed", []):
+            with contextlib.suppress(psutil.Error):
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(proc.pid)
+        return alive
 
     @property
     def output(self) -> str:
