@@ -43,6 +43,9 @@ def tenant_name(number: int) -> str:
 def ensure_roles(cluster: PostgresCluster, passwords: dict[str, str]) -> None:
     for role in (MIGRATOR, APP_RW, UNLEASH):
         cluster.create_role(role, passwords[role])
+    # The rollback names the sessions that block it (query, since when): PostgreSQL shows other
+    # roles' activity only to members of pg_read_all_stats.
+    cluster.execute(pgsql.SQL("GRANT pg_read_all_stats TO {}").format(pgsql.Identifier(MIGRATOR)))
 
 
 def ensure_unleash_database(cluster: PostgresCluster) -> None:

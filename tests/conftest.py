@@ -13,6 +13,8 @@ import ansible.module_utils
 ROOT = Path(__file__).resolve().parent.parent
 ansible.module_utils.__path__.append(str(ROOT / "plugins" / "module_utils"))
 
-pytest_plugins = sorted(
-    f"tests.fixtures.{path.stem}" for path in (ROOT / "tests" / "fixtures").glob("*.py") if path.stem != "__init__"
-)
+FIXTURES = sorted(path.stem for path in (ROOT / "tests" / "fixtures").glob("*.py") if path.stem != "__init__")
+pytest_plugins = [
+    *(f"tests.fixtures.{name}" for name in FIXTURES),
+    "tests.fakes.fixtures",  # the contract fakes (LaunchDarkly, in-house flag API, app /status)
+]

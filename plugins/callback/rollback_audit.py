@@ -573,6 +573,10 @@ class CallbackModule(CallbackBase):
             audit = stats["data"].get("rollback_audit")
             if isinstance(audit, dict):
                 self._merge_metadata(audit)
+        if self._run.check_mode or getattr(result.task, "check_mode", None) is True:
+            # A read in check mode (the preflight's plan, the verification's read-back) changes
+            # nothing: it must not overwrite what the step that acted recorded.
+            return
         action = short_action(result.task)
         items = data["results"] if isinstance(data.get("results"), list) else [data]
         items = [i for i in items if isinstance(i, dict) and not is_censored(i)]
