@@ -307,6 +307,7 @@ import io
 import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.pg_options import database_argument_spec
 
 try:
     from ansible.module_utils.alembic_runner import (
@@ -338,32 +339,18 @@ JOB_OPTIONS = (
 
 
 def argument_spec() -> dict:
-    return {
-        "dsn": {"type": "str", "no_log": True},
-        "databases": {
-            "type": "list",
-            "elements": "dict",
-            "options": {
-                "name": {"type": "str", "required": True},
-                "dsn": {"type": "str", "required": True, "no_log": True},
-            },
-        },
-        "parallel": {"type": "int", "default": 2},
-        "script_location": {"type": "path", "default": "migrations"},
-        "version_locations": {"type": "list", "elements": "path"},
-        "revision": {"type": "str", "required": True},
-        "lock_timeout": {"type": "float", "default": 2.0},
-        "lock_attempts": {"type": "int", "default": 5},
-        "lock_backoff": {"type": "float", "default": 0.5},
-        "lock_backoff_max": {"type": "float", "default": 5.0},
-        "statement_timeout": {"type": "float", "default": 60.0},
-        "advisory_lock_wait": {"type": "float", "default": 30.0},
-        "expected_sql_sha256": {"type": "raw"},
-        "archive": {"type": "bool", "default": True},
-        "run_id": {"type": "str"},
-        "application_name": {"type": "str", "default": "emergency-rollback"},
-        "connect_timeout": {"type": "int", "default": 10},
-    }
+    spec = database_argument_spec(parallel=2)
+    spec.update(
+        revision={"type": "str", "required": True},
+        lock_timeout={"type": "float", "default": 2.0},
+        lock_attempts={"type": "int", "default": 5},
+        lock_backoff={"type": "float", "default": 0.5},
+        lock_backoff_max={"type": "float", "default": 5.0},
+        statement_timeout={"type": "float", "default": 60.0},
+        expected_sql_sha256={"type": "raw"},
+        archive={"type": "bool", "default": True},
+    )
+    return spec
 
 
 def _expected_for(expected, name: str | None):

@@ -173,6 +173,7 @@ databases:
 import os
 
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.pg_options import database_argument_spec
 
 try:
     from ansible.module_utils.alembic_runner import HAS_ALEMBIC, heads, load_script
@@ -198,29 +199,15 @@ JOB_OPTIONS = (
 
 
 def argument_spec() -> dict:
-    return {
-        "dsn": {"type": "str", "no_log": True},
-        "databases": {
-            "type": "list",
-            "elements": "dict",
-            "options": {
-                "name": {"type": "str", "required": True},
-                "dsn": {"type": "str", "required": True, "no_log": True},
-            },
-        },
-        "parallel": {"type": "int", "default": 4},
-        "script_location": {"type": "path", "default": "migrations"},
-        "version_locations": {"type": "list", "elements": "path"},
-        "record_rollback_point": {"type": "bool", "default": False},
-        "error_rate_baseline": {"type": "float"},
-        "recorded_by": {"type": "str"},
-        "run_id": {"type": "str"},
-        "note": {"type": "str"},
-        "include_objects": {"type": "bool", "default": False},
-        "advisory_lock_wait": {"type": "float", "default": 30.0},
-        "application_name": {"type": "str", "default": "emergency-rollback"},
-        "connect_timeout": {"type": "int", "default": 10},
-    }
+    spec = database_argument_spec(parallel=4)
+    spec.update(
+        record_rollback_point={"type": "bool", "default": False},
+        error_rate_baseline={"type": "float"},
+        recorded_by={"type": "str"},
+        note={"type": "str"},
+        include_objects={"type": "bool", "default": False},
+    )
+    return spec
 
 
 def main() -> None:
