@@ -9,21 +9,32 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: rehearse test lint pytest setup bench
+.PHONY: rehearse test lint pytest molecule setup bench
 .DEFAULT_GOAL := test
 
-## make rehearse — the main job: a full rehearsal of the emergency rollback on the local stack.
+## make rehearse — the main job: a full rehearsal of the emergency rollback on the local stack
+## (molecule's default scenario: stack up, deploy.yml, rollback.yml under load, the rollback again,
+## the checks, stack down), then what it did: each step, the load, the notification, the audit record.
 rehearse: setup
-	@echo "make rehearse: not implemented yet: it needs the rehearsal stack (issue 5), the schema and flag modules (issues 3, 4) and the rollback playbook (issue 6)." >&2
-	@exit 1
+	@out=$$(molecule reset -s default 2>&1) || { echo "$$out" >&2; exit 1; }  # an earlier run's molecule state
+	@rc=0; molecule test -s default || rc=$$?; \
+	  PYTHONPATH=molecule/resources $(BIN)/python -m drills report default || true; \
+	  if [ $$rc -eq 0 ]; then echo "make rehearse: every promise of the default drill held."; \
+	  else echo "make rehearse: the rehearsal FAILED (molecule exit $$rc): see above." >&2; fi; exit $$rc
+
+## make molecule — every drill of molecule/ on one shared rehearsal stack; figures in
+## .run/molecule/results/<scenario>.json (one drill: make molecule MOLECULE_ARGS="-s flag-outage").
+molecule: setup
+	@out=$$(molecule reset -s default 2>&1) || { echo "$$out" >&2; exit 1; }  # an earlier run's molecule state
+	molecule test $(or $(MOLECULE_ARGS),--all)
 
 ## make bench — the benchmarks: writes bench/RESULTS.md and bench/*.png (a quicker run:
 ## make bench BENCH_ARGS="--runs 3 --fanout 1,10,50,100"; see python -m bench --help).
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-## make test — lint and every test.
-test: setup lint pytest
+## make test — lint, every test and every molecule drill.
+test: setup lint pytest molecule
 
 setup: $(VENV)/.installed rehearsal/node_modules/.installed .cache/prometheus.installed
 
