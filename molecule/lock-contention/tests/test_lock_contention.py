@@ -22,8 +22,8 @@ from drills.checks import (
 
 LOCK_TIMEOUT_MS = 1000
 # Without lock_timeout a queued request would wait as long as the blocker holds (here: for good, then
-# the app's 10 s statement_timeout would fail it); 2 s over lock_timeout is room for a noisy machine.
-QUEUE_BOUND_MS = LOCK_TIMEOUT_MS + 2000
+# the app's 10 s statement_timeout would fail it); 3 s over lock_timeout is room for a noisy machine.
+QUEUE_BOUND_MS = LOCK_TIMEOUT_MS + 3000
 
 
 @pytest.mark.parametrize("label", ["blocked", "released"])
