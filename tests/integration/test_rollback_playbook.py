@@ -404,3 +404,29 @@ def test_unwritable_audit_file_refuses_to_start(stack, playbook, tmp_path):
     assert run.rc != 0
     assert "The audit record cannot be written" in run.stdout, run
     shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+# -- runner parity: what AWX injects ------------------------------------------------------------------
+def test_awx_tower_aliases_name_the_operator_and_job(deployed, playbook):
+    """Older AWX/Tower inject tower_* extra vars; credentials arrive as environment variables only."""
+    stack = deployed
+    run = playbook(
+        "rollback.yml",
+        extravars={
+            "env": "local",
+            "reason": "runner parity",
+            "tower_user_name": "bob",
+            "tower_job_id": 77,
+            "tower_job_template_name": "Rollback-DataTransformation-Feature",
+            "rollback_awx_url": "https://awx.example.internal",
+        },
+        envvars=stack.env(),
+        cmdline="--check",
+    )
+    assert run.rc == 0, run
+    record = end_record(run)
+    assert (record["operator"], record["operator_source"]) == ("bob", "awx")
+    assert str(record["awx_job_id"]) == "77"
+    assert record["awx_job_template"] == "Rollback-DataTransformation-Feature"
+    assert record["awx_job_url"] == "https://awx.example.internal/#/jobs/playbook/77"
+    assert_no_secret(stack, run)
