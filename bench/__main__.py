@@ -78,59 +78,20 @@ def log(message: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    report_dir = args.report_dir
-    report_dir.mkdir(parents=True, exist_ok=True)
-    results_file = report_dir / "results.json"
+    args.report_dir.mkdir(parents=True, exist_ok=True)
+    results_file = args.report_dir / "results.json"
     if args.report_only:
-        write_report(json.loads(results_file.read_text()), report_dir)
-        log(f"wrote {report_dir / 'RESULTS.md'} and the plots from {results_file}")
+        write_report(json.loads(results_file.read_text()), args.report_dir)
+        log(f"wrote {args.report_dir / 'RESULTS.md'} and the plots from {results_file}")
         return 0
-    results: dict = {
-        "machine": machine_info(),
-        "options": {
-            "runs": args.runs,
-            "fanout": args.fanout,
-            "fanout_runs": args.fanout_runs,
-            "refresh": args.refresh,
-            "p3_runs": args.p3_runs,
-            "profile_runs": args.profile_runs,
-            "rate": args.rate,
-            "parts": args.parts,
-        },
-    }
+    options = ("runs", "fanout", "fanout_runs", "refresh", "p3_runs", "profile_runs", "rate", "parts")
+    results: dict = {"machine": machine_info(), "options": {key: getattr(args, key) for key in options}}
     log(f"machine: {results['machine']}")
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     stack = Stack(args.run_dir)
-    tenants = max(args.fanout) - 1 if "p2" in args.parts else 0
-    code = 0
     try:
-        log(f"stack: up in {args.run_dir} with {tenants} tenant database(s)")
-        results["stack_up_seconds"] = stack.up(ports="auto", tenants=tenants, refresh_interval=1.0)["total"]
-        stack.reset()
-        ctx = Context(stack, args.out, log=log)
-        log("setup: playbooks/deploy.yml once, then one unmeasured rollback (warm-up)")
-        deployed = run_playbook(
-            "playbooks/deploy.yml", ctx.env, args.out / "logs" / "000-deploy.log", args.out / "audit" / "deploy.jsonl"
-        )
-        results["deploy_playbook_seconds"] = round(deployed.timed.wall, 2)
-        ctx.playbook("warmup", [APP_DB])
-        redeploy(stack, [APP_DB])
-        ctx.floor("warmup", [APP_DB])
-        measures = {
-            "p1": lambda: measure_p1(ctx, args.runs),
-            "p2": lambda: measure_p2(ctx, args.fanout, args.fanout_runs),
-            "profile": lambda: measure_profile(ctx, args.profile_runs),
-            "overhead": lambda: measure_task_overhead(ctx),
-            "p4": lambda: measure_p4(ctx, rate=args.rate),
-            "p3": lambda: measure_p3(ctx, args.refresh, args.p3_runs),
-        }
-        for part in PARTS:
-            if part in args.parts:
-                began = time.monotonic()
-                results[part] = measures[part]()
-                results.setdefault("part_seconds", {})[part] = round(time.monotonic() - began, 1)
-                _save(results, results_file)
+        code = measure_all(args, stack, results, results_file)
     except BaseException as exc:
         log(f"stopped: {type(exc).__name__}: {exc}")
         traceback.print_exc()
@@ -142,8 +103,47 @@ def main(argv: list[str] | None = None) -> int:
             log("stack: down")
             stack.down()
     _save(results, results_file)
-    write_report(results, report_dir)
-    log(f"wrote {report_dir / 'RESULTS.md'}, {results_file} and the plots")
+    write_report(results, args.report_dir)
+    log(f"wrote {args.report_dir / 'RESULTS.md'}, {results_file} and the plots")
+    return code
+
+
+def measure_all(args: argparse.Namespace, stack: Stack, results: dict, results_file: Path) -> int:
+    """Stack up, one deploy.yml and a warm-up, then each part; 1 if a part failed (the others still run)."""
+    tenants = max(args.fanout) - 1 if "p2" in args.parts else 0
+    log(f"stack: up in {args.run_dir} with {tenants} tenant database(s)")
+    results["stack_up_seconds"] = stack.up(ports="auto", tenants=tenants, refresh_interval=1.0)["total"]
+    stack.reset()
+    ctx = Context(stack, args.out, log=log)
+    log("setup: playbooks/deploy.yml once, then one unmeasured rollback of each kind (warm-up)")
+    deployed = run_playbook(
+        "playbooks/deploy.yml", ctx.env, args.out / "logs" / "000-deploy.log", args.out / "audit" / "deploy.jsonl"
+    )
+    results["deploy_playbook_seconds"] = round(deployed.timed.wall, 2)
+    ctx.playbook("warmup", [APP_DB])
+    redeploy(stack, [APP_DB])
+    ctx.floor("warmup", [APP_DB])
+    measures = {
+        "p1": lambda: measure_p1(ctx, args.runs),
+        "p2": lambda: measure_p2(ctx, args.fanout, args.fanout_runs),
+        "profile": lambda: measure_profile(ctx, args.profile_runs),
+        "overhead": lambda: measure_task_overhead(ctx),
+        "p4": lambda: measure_p4(ctx, rate=args.rate),
+        "p3": lambda: measure_p3(ctx, args.refresh, args.p3_runs),
+    }
+    code = 0
+    for part in (p for p in PARTS if p in args.parts):
+        began = time.monotonic()
+        try:
+            results[part] = measures[part]()
+        except Exception as exc:  # the other parts are still worth measuring
+            log(f"{part} failed: {type(exc).__name__}: {exc}")
+            traceback.print_exc()
+            results.setdefault("errors", {})[part] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+            code = 1
+            stack.reset()
+        results.setdefault("part_seconds", {})[part] = round(time.monotonic() - began, 1)
+        _save(results, results_file)
     return code
 
 

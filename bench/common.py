@@ -23,6 +23,8 @@ from bench import ROOT
 
 BIN = Path(sys.executable).parent
 ANSIBLE_PLAYBOOK = BIN / "ansible-playbook"
+# What the measured rollback is made of: a run on uncommitted changes to these says so in the report.
+TREE_WATCHED = ("rollback.yml", "playbooks", "roles", "plugins", "inventories", "ansible.cfg", "migrations")
 
 
 # -- the machine -----------------------------------------------------------------------------------
@@ -42,7 +44,14 @@ def machine_info() -> dict:
     commit = subprocess.run(
         ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
+    changed = subprocess.run(
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--", *TREE_WATCHED],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split("\n")
     return {
+        "uncommitted_changes": sorted(line[3:] for line in changed if line.strip()),
         "nproc": os.cpu_count(),
         "cpu_model": cpu_model(),
         "load_average_start": [round(x, 2) for x in os.getloadavg()],

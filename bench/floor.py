@@ -91,12 +91,14 @@ class Floor:
         reason: str = "floor",
         notify: bool = True,
         audit_file: str | None = None,
+        propagation_interval: float = 1.0,
     ):
         if not databases:
             raise FloorError("no database given: name at least one with --db")
         self.env = dict(env)
         self.databases = [{"name": name, "dsn": database_dsn(env, name)} for name in databases]
         self.parallel, self.reason, self.notify, self.audit_file = parallel, reason, notify, audit_file
+        self.propagation_interval = propagation_interval
         self.script_location = str(ROOT / "migrations")
         self.status_urls = [u for u in env.get("APP_STATUS_URLS", "").split(",") if u]
         self.app_urls = [u for u in env.get("APP_URLS", "").split(",") if u]
@@ -155,7 +157,13 @@ class Floor:
 
     def propagation(self) -> None:
         client = HttpClient(timeout=5.0, max_wait=0)
-        result = wait_for_path(client, self.status_urls, expected_path="legacy", timeout=self.propagation_timeout)
+        result = wait_for_path(
+            client,
+            self.status_urls,
+            expected_path="legacy",
+            timeout=self.propagation_timeout,
+            interval=self.propagation_interval,
+        )
         self.facts["propagation_seconds"] = result["elapsed_seconds"]
         self.facts["propagation_rounds"] = result["rounds"]
 
@@ -285,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n")[0])
     parser.add_argument("--db", action="append", required=True, help="a database to revert (repeat)")
     parser.add_argument("--parallel", type=int, default=2, help="worker processes of the schema revert (the role's 2)")
+    parser.add_argument(
+        "--propagation-interval",
+        type=float,
+        default=1.0,
+        help="seconds between two polls of the barrier (default 1, flag_propagation's default that the role keeps)",
+    )
     parser.add_argument("--reason", default="bench floor")
     parser.add_argument("--no-notify", action="store_true", help="skip the Slack and e-mail notifications")
     parser.add_argument("--audit-file", help="append start/end records to this hash-chained audit file")
@@ -298,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             reason=args.reason,
             notify=not args.no_notify,
             audit_file=args.audit_file,
+            propagation_interval=args.propagation_interval,
         ).run()
     except Exception as exc:  # one line, without any secret of the environment
         message = f"{type(exc).__name__}: {exc}".splitlines()[0] if str(exc) else type(exc).__name__
