@@ -94,6 +94,7 @@ def state_defaults() -> dict:
         "run_id": None,
         "note": None,
         "include_objects": False,
+        "fingerprint": True,
         "advisory_lock_wait": 30.0,
         "application_name": APPLICATION_NAME,
         "connect_timeout": 10,
@@ -131,12 +132,15 @@ def read_state(job: dict) -> dict:
             conn.set_session(isolation_level="REPEATABLE READ", readonly=not record or job["check_mode"])
             with conn.cursor() as cur:
                 revisions = read_revisions(cur)
-                objects = schema_objects(cur)
                 result["revisions"] = list(revisions or ())
                 result["revision"] = ",".join(revisions) if revisions else None
-                result["fingerprint"] = fingerprint_of(objects)
-                if job["include_objects"]:
-                    result["objects"] = objects
+                # The fingerprint reads the whole catalog: skipped when the caller only needs the
+                # revision and the rollback point (the rollback's preflight, on many databases).
+                if job["fingerprint"] or record or job["include_objects"]:
+                    objects = schema_objects(cur)
+                    result["fingerprint"] = fingerprint_of(objects)
+                    if job["include_objects"]:
+                        result["objects"] = objects
                 if record:
                     new_point = {
                         "revision": result["revision"],

@@ -83,6 +83,12 @@ options:
     description: Also return C(objects), the catalog entries the fingerprint is computed from (to see what differs).
     type: bool
     default: false
+  fingerprint:
+    description:
+      - Compute the schema fingerprint (it reads the whole catalog). C(false) returns C(fingerprint) null,
+        for a caller that needs only the revision and the rollback point; recording always computes it.
+    type: bool
+    default: true
   advisory_lock_wait:
     description: Seconds to wait for the runbook's advisory lock when recording.
     type: float
@@ -187,6 +193,7 @@ except ImportError as exc:  # pragma: no cover
 
 JOB_OPTIONS = (
     "record_rollback_point",
+    "fingerprint",
     "error_rate_baseline",
     "recorded_by",
     "run_id",
@@ -206,6 +213,7 @@ def argument_spec() -> dict:
         recorded_by={"type": "str"},
         note={"type": "str"},
         include_objects={"type": "bool", "default": False},
+        fingerprint={"type": "bool", "default": True},
     )
     return spec
 

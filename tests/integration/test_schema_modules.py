@@ -13,6 +13,7 @@ from pathlib import Path
 
 import ansible_runner
 import pytest
+from ansible.module_utils.schema_rollback_points import read_state
 
 from tests.fixtures.schema import FAULTY_VERSIONS, HEAD, LEGACY, ROOT, clone_app_db, revert
 
@@ -241,3 +242,12 @@ def test_ansible_doc_works_from_the_repository_root(path_args):
         assert doc["examples"] and doc["return"]
         for name, option in doc["doc"]["options"].items():
             assert option.get("description"), name
+
+
+def test_state_without_fingerprint_reads_revision_and_rollback_point_only(app_db):
+    """The rollback's preflight skips the catalog read; the revision and rollback point are still there."""
+    full = read_state({"name": "db", "dsn": app_db.dsn})
+    light = read_state({"name": "db", "dsn": app_db.dsn, "fingerprint": False})
+    assert not full["failed"] and not light["failed"], (full["msg"], light["msg"])
+    assert full["fingerprint"] and light["fingerprint"] is None
+    assert (light["revision"], light["rollback_point"]) == (full["revision"], full["rollback_point"])
