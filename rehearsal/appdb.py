@@ -149,18 +149,18 @@ def current_revision(dsn: str) -> str | None:
         conn.close()
 
 
-def prepare_database(cluster: PostgresCluster, dbname: str, migrator_password: str) -> None:
+def prepare_database(cluster: PostgresCluster, dbname: str, migrator_secret: str) -> None:
     """Create `dbname` (owner migrator), grant app_rw, migrate to the baseline if it has no revision, seed."""
     cluster.create_database(dbname, owner=MIGRATOR)
     _grant(cluster, dbname)
-    dsn = cluster.dsn(dbname, user=MIGRATOR, password=migrator_password)
+    dsn = cluster.dsn(dbname, user=MIGRATOR, password=migrator_secret)
     if current_revision(dsn) is None:
         migrate(dsn, BASELINE)
         _grant(cluster, dbname)
     seed(dsn)
 
 
-def ensure_tenants(cluster: PostgresCluster, count: int, migrator_password: str) -> list[str]:
+def ensure_tenants(cluster: PostgresCluster, count: int, migrator_secret: str) -> list[str]:
     """Exactly `count` tenant databases tenant_001.. (missing ones copied from the template, extra ones dropped)."""
     wanted = [tenant_name(n) for n in range(1, count + 1)]
     existing = {row[0] for row in cluster.execute("SELECT datname FROM pg_database WHERE datname LIKE 'tenant\\_%'")}
@@ -169,7 +169,7 @@ def ensure_tenants(cluster: PostgresCluster, count: int, migrator_password: str)
     missing = [name for name in wanted if name not in existing]
     if missing:
         if not cluster.execute("SELECT 1 FROM pg_database WHERE datname = %s", params=(TEMPLATE_DB,)):
-            prepare_database(cluster, TEMPLATE_DB, migrator_password)
+            prepare_database(cluster, TEMPLATE_DB, migrator_secret)
             cluster.execute(pgsql.SQL("ALTER DATABASE {} IS_TEMPLATE true").format(pgsql.Identifier(TEMPLATE_DB)))
         for name in missing:
             cluster.execute(
