@@ -4,12 +4,14 @@ Brings its own rehearsal stack up in .run/bench/ (free ports, the tenant databas
 refresh 1 s), deploys once through playbooks/deploy.yml, warms up with one unmeasured rollback,
 then measures P1, P2, the profile, P4 and P3 (in that order: P3 restarts the app instances with
 other refresh intervals), writes bench/results.json, bench/RESULTS.md and bench/*.png, and tears
-the stack down. Raw data (logs, audit files, the load series) stay in bench/out/ (git-ignored).
+the stack down. Raw data (logs, audit files, the load series, generated inventories) stay in
+bench/out/ (git-ignored, skipped by the linters).
 
     python -m bench                                   # everything, the defaults below
     python -m bench --runs 3 --fanout 1,10,50,100     # fewer runs
     python -m bench --only p1,profile --runs 2        # a part (the report shows what was measured)
     python -m bench --report-only                     # rewrite RESULTS.md and plots from results.json
+    python -m bench --only p1 --project /tmp/copy --report-dir /tmp/copy-report   # measure a modified copy
 """
 
 from __future__ import annotations
@@ -18,13 +20,14 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from bench import BENCH_DIR, ROOT
-from bench.common import machine_info, run_playbook
+from bench import BENCH_DIR, PROJECT_ENV, ROOT, project
+from bench.common import SNAPSHOT_MARK, TREE_WATCHED, machine_info, run_playbook
 from bench.deploy import redeploy
 from bench.report import write_report
 from bench.scenarios import (
@@ -58,6 +61,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--only", help=f"comma list of parts to run, of {','.join(PARTS)} (default all)")
     parser.add_argument("--run-dir", type=Path, default=ROOT / ".run" / "bench", help="the stack's run folder")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="raw data folder (default bench/out)")
+    parser.add_argument(
+        "--project",
+        type=Path,
+        help="measure another copy of the playbook (a folder with rollback.yml, playbooks/, roles/, plugins/, "
+        "inventories/, ansible.cfg, migrations/); default: this repository",
+    )
+    parser.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="measure the committed HEAD (git archive into .run/), unaffected by edits made while it runs",
+    )
     parser.add_argument("--report-dir", type=Path, default=BENCH_DIR, help="where RESULTS.md, results.json, *.png go")
     parser.add_argument("--keep-stack", action="store_true", help="leave the stack up at the end")
     parser.add_argument("--report-only", action="store_true", help="only rewrite the report from results.json")
@@ -72,12 +86,39 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def snapshot_of_head() -> Path:
+    """The committed playbook (TREE_WATCHED of HEAD) in .run/bench-snapshot-<commit>/, made once."""
+    commit = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    folder = ROOT / ".run" / f"bench-snapshot-{commit}"
+    if not (folder / SNAPSHOT_MARK).exists():
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        archive = subprocess.run(
+            ["git", "-C", str(ROOT), "archive", "--format=tar", "HEAD", *TREE_WATCHED], capture_output=True, check=True
+        ).stdout
+        subprocess.run(["tar", "-x", "-C", str(folder)], input=archive, check=True)
+        (folder / SNAPSHOT_MARK).write_text(f"git archive of commit {commit}\n")
+    return folder
+
+
 def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.snapshot and project() == ROOT:
+        args.project = snapshot_of_head()
+    if args.project is not None and project() != args.project.resolve():
+        if not (args.project / "rollback.yml").is_file():
+            print(f"python -m bench: --project {args.project} has no rollback.yml: give a copy of the playbook.")
+            return 2
+        # Every module of the bench (and every child) must see the project from its first import.
+        env = {**os.environ, PROJECT_ENV: str(args.project.resolve())}
+        rerun = [sys.executable, "-m", "bench", *(sys.argv[1:] if argv is None else argv)]
+        return subprocess.run(rerun, env=env, check=False).returncode
     args.report_dir.mkdir(parents=True, exist_ok=True)
     results_file = args.report_dir / "results.json"
     if args.report_only:

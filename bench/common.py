@@ -8,6 +8,7 @@ the steadier of the two figures; the wall time is what the operator waits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -19,12 +20,15 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-from bench import ROOT
+import psutil
+
+from bench import ROOT, project
 
 BIN = Path(sys.executable).parent
 ANSIBLE_PLAYBOOK = BIN / "ansible-playbook"
 # What the measured rollback is made of: a run on uncommitted changes to these says so in the report.
 TREE_WATCHED = ("rollback.yml", "playbooks", "roles", "plugins", "inventories", "ansible.cfg", "migrations")
+SNAPSHOT_MARK = ".bench-snapshot"  # in a copy made by `python -m bench --snapshot`: which commit it is
 
 
 # -- the machine -----------------------------------------------------------------------------------
@@ -41,17 +45,28 @@ def cpu_model() -> str:
 def machine_info() -> dict:
     import ansible.release  # noqa: PLC0415
 
+    where = project()
     commit = subprocess.run(
-        ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
+        ["git", "-C", str(where), "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=False
     ).stdout.strip()
     changed = subprocess.run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--", *TREE_WATCHED],
+        ["git", "-C", str(where), "status", "--porcelain", "--", *TREE_WATCHED],
         capture_output=True,
         text=True,
         check=False,
     ).stdout.split("\n")
+    mark = where / SNAPSHOT_MARK
+    if mark.exists():  # a copy of a commit: nothing uncommitted in it
+        commit, changed = mark.read_text().split()[-1], []
+    if where == ROOT:
+        measured = "this repository (its working tree)"
+    elif mark.exists():
+        measured = f"{where.relative_to(ROOT) if where.is_relative_to(ROOT) else where}: {mark.read_text().strip()}"
+    else:
+        measured = str(where)
     return {
-        "uncommitted_changes": sorted(line[3:] for line in changed if line.strip()),
+        "project": measured,
+        "uncommitted_changes": sorted(line[3:] for line in changed if line.strip()) if commit else [],
         "nproc": os.cpu_count(),
         "cpu_model": cpu_model(),
         "load_average_start": [round(x, 2) for x in os.getloadavg()],
@@ -59,7 +74,7 @@ def machine_info() -> dict:
         "kernel": platform.release(),
         "python": platform.python_version(),
         "ansible_core": ansible.release.__version__,
-        "commit": commit or "unknown",
+        "commit": commit or "not a git checkout",
         "started_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
     }
 
@@ -100,23 +115,51 @@ class Timed:
     launched_at: float  # epoch seconds
     ended_at: float
     log: Path | None = None
+    hung: bool = False  # killed after its timeout
 
 
-def run_timed(argv: list[str], env: dict[str, str], log: Path | None = None, cwd: Path = ROOT) -> Timed:
-    """Run argv to its end; stdout and stderr to `log`."""
+def run_timed(
+    argv: list[str], env: dict[str, str], log: Path | None = None, cwd: Path | None = None, timeout: float | None = None
+) -> Timed:
+    """Run argv to its end (or, after `timeout` s, kill it and every process it started: rc -9, hung)."""
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
     out = log.open("wb") if log is not None else subprocess.DEVNULL
+    hung = False
     try:
         launched_at, began = time.time(), time.perf_counter()
-        proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.Popen(argv, env=env, cwd=cwd or project(), stdout=out, stderr=subprocess.STDOUT)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG if timeout else 0)
+            if pid:
+                break
+            if time.perf_counter() - began > timeout:
+                hung = True
+                _kill_tree(proc.pid)
+                _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.05)
         wall = time.perf_counter() - began
         proc.returncode = os.waitstatus_to_exitcode(status)
     finally:
         if log is not None:
             out.close()
-    return Timed(argv, proc.returncode, wall, usage.ru_utime + usage.ru_stime, launched_at, time.time(), log)
+    timed = Timed(argv, proc.returncode, wall, usage.ru_utime + usage.ru_stime, launched_at, time.time(), log)
+    timed.hung = hung
+    return timed
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process we started and all its descendants (Ansible's workers start their own sessions)."""
+    try:
+        parent = psutil.Process(pid)
+        descendants = parent.children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for member in [parent, *descendants]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            member.kill()
+    psutil.wait_procs(descendants, timeout=10)  # the parent is reaped by the caller's wait4
 
 
 def base_env(stack_env: dict[str, str], **extra: str) -> dict[str, str]:
@@ -124,9 +167,10 @@ def base_env(stack_env: dict[str, str], **extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "ROLLBACK_", "FF_", "TE_"))}
     env.update(stack_env)
     env.update(
-        ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+        ANSIBLE_CONFIG=str(project() / "ansible.cfg"),
         PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
         PYTHONPATH=str(ROOT),
+        **({"BENCH_PROJECT": str(project())} if project() != ROOT else {}),
         ANSIBLE_NOCOLOR="1",
         ANSIBLE_FORCE_COLOR="0",
     )
@@ -142,6 +186,14 @@ def tenants_inventory(path: Path, names: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"all": {"children": {"local": {"hosts": hosts}}}}, indent=1) + "\n")
     return path
+
+
+# A rollback here takes 3-40 s; one that runs for minutes is stuck (the report counts such runs).
+PLAYBOOK_TIMEOUT = 240.0
+
+
+class PlaybookHung(RuntimeError):
+    """The playbook did not end within its timeout; it and every process it started were killed."""
 
 
 @dataclass
@@ -180,13 +232,16 @@ def run_playbook(
     extra_inventory: Path | None = None,
     reason: str = "bench",
     extra_args: tuple[str, ...] = (),
+    timeout: float = PLAYBOOK_TIMEOUT,
 ) -> PlaybookResult:
     """`ansible-playbook <playbook> -e env=local -e reason=...` from launch to exit; fails loudly on rc != 0."""
     argv = [str(ANSIBLE_PLAYBOOK), playbook, "-e", "env=local", "-e", f"reason={reason}"]
     if extra_inventory is not None:
-        argv += ["-i", str(ROOT / "inventories"), "-i", str(extra_inventory)]
+        argv += ["-i", str(project() / "inventories"), "-i", str(extra_inventory)]
     argv += list(extra_args)
-    timed = run_timed(argv, {**env, "ROLLBACK_AUDIT_FILE": str(audit_file)}, log)
+    timed = run_timed(argv, {**env, "ROLLBACK_AUDIT_FILE": str(audit_file)}, log, timeout=timeout)
+    if timed.hung:
+        raise PlaybookHung(f"{playbook} did not end within {timeout:g} s and was killed; see {log}")
     if timed.rc != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
         raise RuntimeError(f"{playbook} failed (rc {timed.rc}); see {log}:\n{tail}")
@@ -201,7 +256,7 @@ def run_floor(env: dict[str, str], databases: list[str], log: Path, json_out: Pa
         argv += ["--db", name]
     for key, value in options.items():
         argv += [f"--{key.replace('_', '-')}", str(value)]
-    timed = run_timed(argv, env, log)
+    timed = run_timed(argv, env, log, timeout=PLAYBOOK_TIMEOUT)
     if timed.rc != 0:
         raise RuntimeError(f"the floor failed (rc {timed.rc}): {log.read_text(errors='replace')[-2000:]}")
     return timed, json.loads(json_out.read_text())

@@ -52,7 +52,7 @@ from ansible.module_utils.flag_switch import switch_flag  # noqa: E402
 from ansible.module_utils.http_client import HttpClient  # noqa: E402
 from ansible.module_utils.schema_rollback_points import read_states  # noqa: E402
 
-from bench import ROOT  # noqa: E402
+from bench import project  # noqa: E402
 
 SECRET_KEYS = ("FF_API_KEY", "PGPASSWORD", "ROLLBACK_DB_DSN", "SLACK_WEBHOOK_URL", "SMTP_PASSWORD")
 STEPS = ("preflight", "flag", "propagation", "schema", "verify", "notify")
@@ -99,7 +99,7 @@ class Floor:
         self.databases = [{"name": name, "dsn": database_dsn(env, name)} for name in databases]
         self.parallel, self.reason, self.notify, self.audit_file = parallel, reason, notify, audit_file
         self.propagation_interval = propagation_interval
-        self.script_location = str(ROOT / "migrations")
+        self.script_location = str(project() / "migrations")
         self.status_urls = [u for u in env.get("APP_STATUS_URLS", "").split(",") if u]
         self.app_urls = [u for u in env.get("APP_URLS", "").split(",") if u]
         self.steps: dict[str, dict] = {}

@@ -87,6 +87,7 @@ def render(results: dict) -> list[str]:
                 f"{m['load_average_start']} at start, {m.get('load_average_end', '?')} at the end (2 cores, shared)",
             ],
             ["software", f"Python {m['python']}, ansible-core {m['ansible_core']}, kernel {m['kernel']}"],
+            ["project measured", m.get("project", "this repository")],
             ["commit, date", f"{m['commit']}, {m['started_at']}"],
             [
                 "uncommitted changes measured",
@@ -200,8 +201,20 @@ def p1_section(p1: dict) -> list[str]:
             [f"step {name}", s(a), s(b), num(ratio_(a and a["median"], b and b["median"]), "x")]
         )  # fmt: skip
     lines += table(["", "playbook", "floor", "ratio"], rows)
+    lines += hung_note(p1)
     lines += ["![P1 per step](p1_steps.png)", ""]
     return lines
+
+
+def hung_note(part: dict) -> list[str]:
+    hung = part.get("hung") or []
+    if not hung:
+        return []
+    return [
+        f"**{len(hung)} playbook run(s) with {part['databases']} database(s) did not end** and were killed after the"
+        " timeout (not counted in the figures above): " + "; ".join(hung),
+        "",
+    ]
 
 
 def p2_section(p2: dict) -> list[str]:
@@ -226,6 +239,8 @@ def p2_section(p2: dict) -> list[str]:
          "floor schema", "floor verify", "pb CPU"],
         rows,
     )  # fmt: skip
+    for p in p2["points"]:
+        lines += hung_note(p)
     pb_fit, fl_fit = p2["fit"]["playbook"], p2["fit"]["floor"]
     lines += [
         f"Time per extra database (least-squares slope of the medians): playbook {num(pb_fit['slope'], ' s', 3)}"

@@ -22,8 +22,9 @@ import psycopg2
 import requests
 import yaml
 
-from bench import ROOT
+from bench import ROOT, project
 from bench.common import (
+    PlaybookHung,
     PlaybookResult,
     Timed,
     base_env,
@@ -131,12 +132,17 @@ def _summarise_runs(runs: list[dict], keys: tuple[str, ...]) -> dict:
 
 def compare(ctx: Context, databases: list[str], runs: int, tag: str) -> dict:
     """`runs` playbook and `runs` floor rollbacks of `databases`, alternating; their figures."""
-    playbook_runs, floor_runs = [], []
+    playbook_runs, floor_runs, hung = [], [], []
     for index in range(2 * runs):
         kind = ("playbook", "floor")[index % 2]
         redeploy(ctx.stack, databases)
         if kind == "playbook":
-            figures = _playbook_figures(ctx.playbook(f"{tag}-playbook", databases))
+            try:
+                figures = _playbook_figures(ctx.playbook(f"{tag}-playbook", databases))
+            except PlaybookHung as exc:  # a finding, not a figure: counted, and the next run goes on
+                hung.append(str(exc))
+                ctx.log(f"  {tag} playbook {index // 2 + 1}/{runs}: HUNG ({exc})")
+                continue
             playbook_runs.append(figures)
         else:
             figures = _floor_figures(*ctx.floor(f"{tag}-floor", databases))
@@ -153,6 +159,7 @@ def compare(ctx: Context, databases: list[str], runs: int, tag: str) -> dict:
     return {
         "databases": len(databases),
         "runs": runs,
+        "hung": hung,
         "playbook": playbook,
         "floor": floor,
         "ratio": {key: ratio(playbook[key]["median"], floor[key]["median"]) for key in ("wall", "cpu", "excl_wait")},
@@ -205,7 +212,7 @@ def task_actions() -> dict[str, str]:
             if action and task.get("name"):
                 actions[task["name"]] = action.rsplit(".", 1)[-1]
 
-    for path in sorted((ROOT / "roles").glob("*/*/*.yml")):
+    for path in sorted((project() / "roles").glob("*/*/*.yml")):
         if path.parent.name in ("tasks", "handlers"):
             walk(yaml.safe_load(path.read_text()))
     return actions
