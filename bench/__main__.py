@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -128,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     options = ("runs", "fanout", "fanout_runs", "refresh", "p3_runs", "profile_runs", "rate", "parts")
     results: dict = {"machine": machine_info(), "options": {key: getattr(args, key) for key in options}}
     log(f"machine: {results['machine']}")
+    # `kill <pid>` ends the run like Ctrl-C: the stack goes down and the report is written.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
     stack = Stack(args.run_dir)

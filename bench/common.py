@@ -189,7 +189,7 @@ def tenants_inventory(path: Path, names: list[str]) -> Path:
 
 
 # A rollback here takes 3-40 s; one that runs for minutes is stuck (the report counts such runs).
-PLAYBOOK_TIMEOUT = 240.0
+PLAYBOOK_TIMEOUT = 150.0
 
 
 class PlaybookHung(RuntimeError):

@@ -10,7 +10,7 @@ irreducible cost of the rollback itself; `python -m bench` compares the playbook
    (the one recorded rollback point), each database's downgrade plan (alembic offline SQL, its
    sha256, the rows of what it drops), as rollback_preflight does;
 2. flag: switch_flag(disabled): read, write, read back (as feature_flag);
-3. propagation: wait_for_path(legacy) over every /status, the barrier's defaults (as flag_propagation);
+3. propagation: wait_for_path(legacy) over every /status, with the role's interval and timeout;
 4. schema: revert_databases(): advisory lock, one transaction with SET LOCAL lock_timeout and
    statement_timeout, archive of the dropped rows, the downgrade, pinned to the plan's sha256,
    `parallel` worker processes (as schema_migration with the role's defaults);
@@ -37,6 +37,7 @@ import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.message import EmailMessage
+from typing import ClassVar
 from urllib.parse import quote
 
 from bench import use_module_utils
@@ -44,6 +45,7 @@ from bench import use_module_utils
 use_module_utils()
 
 import requests  # noqa: E402
+import yaml  # noqa: E402
 from ansible.module_utils.alembic_runner import revert_databases  # noqa: E402
 from ansible.module_utils.audit_chain import append_record  # noqa: E402
 from ansible.module_utils.flag_barrier import wait_for_path  # noqa: E402
@@ -73,32 +75,65 @@ def database_dsn(env: Mapping[str, str], name: str) -> str:
     return f"postgresql://{quote(user, safe='')}@{host}:{port}/{quote(name, safe='')}"
 
 
-class Floor:
-    """One rollback of an environment's databases, step by step; `run()` returns the timings."""
+def role_defaults() -> dict:
+    """The plain values of the project's roles/*/defaults/main.yml (a templated value is left out)."""
+    values: dict = {}
+    for path in sorted((project() / "roles").glob("*/defaults/main.yml")):
+        for key, value in (yaml.safe_load(path.read_text()) or {}).items():
+            if isinstance(value, (int, float, str)) and not (isinstance(value, str) and "{{" in value):
+                values[key] = value
+    return values
 
-    # The roles' defaults (roles/*/defaults/main.yml) and the modules' defaults they rely on.
-    propagation_timeout = 60.0
-    lock_timeout, lock_attempts, statement_timeout = 2.0, 5, 60.0
-    error_rate_tolerance, error_rate_range, error_rate_wait, error_rate_interval = 0.01, "1m", 120.0, 3.0
+
+class Floor:
+    """One rollback of an environment's databases, step by step; `run()` returns the timings.
+
+    The options are the ones the roles pass: their defaults are read from the project's
+    roles/*/defaults/main.yml, so that tuning a role default moves the floor with it.
+    """
+
+    # The modules' defaults the roles rely on, and the roles' defaults if their files do not say.
     state_parallel, plan_parallel = 4, 2
+    DEFAULTS: ClassVar[dict] = {
+        "rollback_propagation_timeout": 60.0,
+        "rollback_propagation_interval": 1.0,  # flag_propagation's default, when the role does not set one
+        "rollback_schema_lock_timeout": 2.0,
+        "rollback_schema_lock_attempts": 5,
+        "rollback_schema_statement_timeout": 60.0,
+        "rollback_schema_parallel": 2,
+        "rollback_verify_error_rate_tolerance": 0.01,
+        "rollback_verify_error_rate_range": "1m",
+        "rollback_verify_error_rate_wait": 120.0,
+        "rollback_verify_error_rate_interval": 3.0,
+    }
 
     def __init__(
         self,
         env: Mapping[str, str],
         databases: list[str],
         *,
-        parallel: int = 2,
+        parallel: int | None = None,
         reason: str = "floor",
         notify: bool = True,
         audit_file: str | None = None,
-        propagation_interval: float = 1.0,
+        propagation_interval: float | None = None,
     ):
         if not databases:
             raise FloorError("no database given: name at least one with --db")
         self.env = dict(env)
         self.databases = [{"name": name, "dsn": database_dsn(env, name)} for name in databases]
-        self.parallel, self.reason, self.notify, self.audit_file = parallel, reason, notify, audit_file
-        self.propagation_interval = propagation_interval
+        self.reason, self.notify, self.audit_file = reason, notify, audit_file
+        d = {**self.DEFAULTS, **{k: v for k, v in role_defaults().items() if k in self.DEFAULTS}}
+        self.parallel = int(parallel or d["rollback_schema_parallel"])
+        self.propagation_timeout = float(d["rollback_propagation_timeout"])
+        self.propagation_interval = float(propagation_interval or d["rollback_propagation_interval"])
+        self.lock_timeout = float(d["rollback_schema_lock_timeout"])
+        self.lock_attempts = int(d["rollback_schema_lock_attempts"])
+        self.statement_timeout = float(d["rollback_schema_statement_timeout"])
+        self.error_rate_tolerance = float(d["rollback_verify_error_rate_tolerance"])
+        self.error_rate_range = str(d["rollback_verify_error_rate_range"])
+        self.error_rate_wait = float(d["rollback_verify_error_rate_wait"])
+        self.error_rate_interval = float(d["rollback_verify_error_rate_interval"])
         self.script_location = str(project() / "migrations")
         self.status_urls = [u for u in env.get("APP_STATUS_URLS", "").split(",") if u]
         self.app_urls = [u for u in env.get("APP_URLS", "").split(",") if u]
@@ -292,12 +327,9 @@ class Floor:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.floor", description=__doc__.split("\n")[0])
     parser.add_argument("--db", action="append", required=True, help="a database to revert (repeat)")
-    parser.add_argument("--parallel", type=int, default=2, help="worker processes of the schema revert (the role's 2)")
+    parser.add_argument("--parallel", type=int, help="worker processes of the schema revert (default: the role's)")
     parser.add_argument(
-        "--propagation-interval",
-        type=float,
-        default=1.0,
-        help="seconds between two polls of the barrier (default 1, flag_propagation's default that the role keeps)",
+        "--propagation-interval", type=float, help="seconds between two polls of the barrier (default: the role's)"
     )
     parser.add_argument("--reason", default="bench floor")
     parser.add_argument("--no-notify", action="store_true", help="skip the Slack and e-mail notifications")

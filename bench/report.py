@@ -223,7 +223,8 @@ def p2_section(p2: dict) -> list[str]:
         "",
         "One environment with N databases: the application's plus N - 1 tenant databases (`tenant_001`..), added",
         "to the group `local` by an extra inventory, so one `schema_migration` call reverts them all",
-        "(`parallel` 2, the role's default). The floor does the same work with the same module_utils.",
+        "(`parallel` 2, the role's default). The floor does the same work with the same module_utils and the",
+        "roles' defaults.",
         "",
     ]
     rows = []
