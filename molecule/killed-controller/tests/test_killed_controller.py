@@ -30,7 +30,10 @@ def test_the_controller_died_in_the_middle_of_the_revert(runs):
     session = kill["revert_session"]
     assert session["application_name"].startswith("emergency-rollback") and session["in_transaction"] is True
     assert session["wait_event_type"] == "Lock"
-    assert any("AnsiballZ_schema_migration" in p["name"] for p in kill["killed"]), "the module died with it"
+    # The revert ran inside the controller's tree: in a worker of ansible-playbook (the runbook's action
+    # plugins run its modules in the worker) or in an AnsiballZ module process. Both died with it.
+    names = [p["name"] for p in kill["killed"]]
+    assert len(names) >= 2 and all("ansible" in name.lower() for name in names), names
     assert kill["after"]["processes_left"] == []
 
 
