@@ -129,9 +129,11 @@ def summary_table(results: dict) -> list[str]:
         rows += [
             ["P1 rollback.yml, 1 database, launch to exit", s(pb["wall"]), s(fl["wall"]), num(p1["ratio"]["wall"], "x"),
              "-", "-"],
-            ["P1 … excluding the propagation wait", s(pb["excl_wait"]), s(fl["excl_wait"]),
-             num(p1["ratio"]["excl_wait"], "x"), "< 8 s; ≤ 1.5x the floor",
-             met(excl is not None and excl < 8 and (p1["ratio"]["excl_wait"] or 99) <= 1.5)],
+            ["P1, excluding the propagation wait", s(pb["excl_wait"]), s(fl["excl_wait"]),
+             num(p1["ratio"]["excl_wait"], "x"), "< 8 s", met(excl is not None and excl < 8)],
+            ["P1 ratio to the floor (launch to exit / excluding the wait)", "-", "-",
+             f"{num(p1['ratio']['wall'], 'x')} / {num(p1['ratio']['excl_wait'], 'x')}", "≤ 1.5x",
+             met((p1["ratio"]["excl_wait"] or 99) <= 1.5)],
             ["P1 propagation wait (separately)", s(pb["propagation_wait"]), s(fl["propagation_wait"]), "-", "-", "-"],
             ["P1 CPU time", s(pb["cpu"]), s(fl["cpu"]), num(p1["ratio"]["cpu"], "x"), "-", "-"],
         ]  # fmt: skip
@@ -147,6 +149,14 @@ def summary_table(results: dict) -> list[str]:
              num(fit["floor"]["slope"], " s"), num(ratio_(fit["playbook"]["slope"], fit["floor"]["slope"]), "x"),
              "≤ 0.1 s", met(fit["playbook"]["slope"] <= 0.1)],
         ]  # fmt: skip
+    parts = [results[k] for k in ("p1",) if results.get(k)] + (results.get("p2") or {}).get("points", [])
+    runs = sum(p.get("runs", 0) for p in parts)
+    hung = sum(len(p.get("hung") or []) for p in parts)
+    if parts:
+        rows.append(
+            ["P1/P2 playbook runs that did not end (killed after 150 s)", f"{hung} of {runs}", "0 of " + str(runs),
+             "-", "0", met(hung == 0)]
+        )  # fmt: skip
     p3 = results.get("p3")
     if p3:
         for point in p3["points"]:
@@ -322,6 +332,28 @@ def p4_section(p4: dict) -> list[str]:
     return lines
 
 
+# Modules: ours (their action plugin, if any, runs them in Ansible's worker) and the builtin ones we call.
+MODULES = {"feature_flag", "schema_state", "schema_migration", "flag_propagation", "audit_verify", "uri", "mail"}
+CONTROLLER = {"validate_argument_spec", "set_stats"}
+
+
+def kinds(profile: dict) -> dict[str, list[dict]]:
+    """The profiled tasks by what they cost: a module process, a module in the worker, controller work."""
+    in_worker = set(profile.get("in_process_actions", []))
+    tasks = profile["tasks"]
+    return {
+        "module tasks, a Python process each (AnsiballZ)": [
+            t for t in tasks if t["action"] in MODULES and t["action"] not in in_worker
+        ],
+        "module tasks run in Ansible's worker (action plugins)": [t for t in tasks if t["action"] in in_worker],
+        "argument-spec validation": [t for t in tasks if t["action"] == "validate_argument_spec"],
+        "set_stats (audit data)": [t for t in tasks if t["action"] == "set_stats"],
+        "controller-only tasks (assert, set_fact, debug, include, meta, fail)": [
+            t for t in tasks if t["action"] not in MODULES | CONTROLLER | in_worker
+        ],
+    }
+
+
 def profile_section(profile: dict, overhead: dict | None, p1: dict | None) -> list[str]:
     lines = [
         "## Profile: where the playbook's time goes",
@@ -341,7 +373,7 @@ def profile_section(profile: dict, overhead: dict | None, p1: dict | None) -> li
     lines += ["By kind of task:", ""]
     lines += table(
         ["kind", "tasks", "seconds"],
-        [[kind, str(v["count"]), f"{v['seconds']:.2f}"] for kind, v in profile["by_kind"].items()],
+        [[kind, str(len(items)), f"{sum(t['seconds'] for t in items):.2f}"] for kind, items in kinds(profile).items()],
     )
     if overhead:
         lines += [
@@ -408,10 +440,10 @@ def plot_timeline(p4: dict, path: Path) -> Path:
         ax.axvline(0, color="black", linewidth=0.8)
         ax.axvline(rb["exited"] - origin, color="black", linewidth=0.8)
         ax.grid(alpha=0.3)
-    for name, step in rb["steps"].items():
+    for index, (name, step) in enumerate(rb["steps"].items()):
         ax_rate.text(
-            step["start"] - origin, 1.02, name, transform=ax_rate.get_xaxis_transform(),
-            ha="left", fontsize=7, rotation=25,
+            step["start"] - origin, 1.02 + 0.09 * (index % 2), name, transform=ax_rate.get_xaxis_transform(),
+            ha="left", fontsize=7,
         )  # fmt: skip
     ax_rate.plot(tl["t"], tl["rate"], color="#1f77b4", linewidth=1, label="requests/s sent")
     ax_rate.bar(tl["t"], [f / tl["width"] for f in tl["failed"]], width=tl["width"], color="red", label="failed/s")

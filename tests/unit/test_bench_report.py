@@ -175,7 +175,7 @@ def test_report_renders_every_part(tmp_path):
             "total_task_seconds": 18.0,
             "tasks": [{"task": "a : b", "action": "uri", "seconds": 1.0}],
             "slowest": [{"task": "a : b", "action": "uri", "seconds": 1.0}],
-            "by_kind": {"module tasks": {"count": 1, "seconds": 1.0}},
+            "in_process_actions": ["feature_flag"],
         },
         "overhead": {
             "pipelining_false": {"wall": 5.0, "cpu": 3.0, "module_task": _stat(0.5), "controller_task": _stat(0.02)}
