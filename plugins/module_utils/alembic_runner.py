@@ -28,6 +28,7 @@ import io
 import os
 import random
 import re
+import signal
 import sys
 import time
 from datetime import UTC, datetime
@@ -497,6 +498,11 @@ def _run_downgrade(script: ScriptDirectory, conn, target: str) -> None:
 def _worker_init() -> None:
     # A module's stdout is its JSON result: nothing a migration prints may reach it.
     sys.stdout = open(os.devnull, "w")
+    # Forked from an Ansible worker (the action plugins run modules there), a child inherits its
+    # SIGTERM/SIGINT handlers, which raise: a child interrupted while it holds the pool's queue lock
+    # dies with it held and its siblings wait forever. Default handlers just end the child.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def revert_databases(jobs: list[dict], parallel: int = 2) -> list[dict]:
@@ -513,8 +519,17 @@ def revert_databases(jobs: list[dict], parallel: int = 2) -> list[dict]:
         return [revert_database(job) for job in jobs]
     import multiprocessing  # noqa: PLC0415 - only the many-databases mode needs it
 
-    with multiprocessing.get_context("fork").Pool(processes=workers, initializer=_worker_init) as pool:
-        return pool.map(revert_database, jobs, chunksize=1)
+    pool = multiprocessing.get_context("fork").Pool(processes=workers, initializer=_worker_init)
+    try:
+        results = pool.map(revert_database, jobs, chunksize=1)
+    except BaseException:
+        pool.terminate()
+        raise
+    else:
+        pool.close()  # let the workers finish on their own: terminate() (SIGTERM) only on error
+    finally:
+        pool.join()
+    return results
 
 
 __all__ = [
