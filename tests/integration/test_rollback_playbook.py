@@ -9,7 +9,6 @@ stdout, the event stream, the audit file or the notifications.
 from __future__ import annotations
 
 import json
-import shutil
 import threading
 from pathlib import Path
 
@@ -403,7 +402,6 @@ def test_unwritable_audit_file_refuses_to_start(stack, playbook, tmp_path):
     )
     assert run.rc != 0
     assert "The audit record cannot be written" in run.stdout, run
-    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 # -- runner parity: what AWX injects ------------------------------------------------------------------
