@@ -132,7 +132,7 @@ def poll_once(client: HttpClient, status: InstanceStatus, path_key: str, fetch_k
     status.config_version = body.get("config_version")
 
 
-def wait_for_path(  # noqa: PLR0913, PLR0915 - the barrier's options, one loop
+def wait_for_path(  # noqa: PLR0915 - the barrier's options, one loop
     client: HttpClient,
     status_urls: list[str],
     *,
@@ -224,18 +224,7 @@ def wait_for_path(  # noqa: PLR0913, PLR0915 - the barrier's options, one loop
         while True:
             rounds += 1
             if discovery is not None:
-                try:
-                    found = discovery.discover(client)
-                    found_error = None
-                except DiscoveryError as exc:
-                    found, found_error = None, str(exc)
-                if found is not None:
-                    current = [known[url] for url in configured]
-                    for item in found:
-                        status = known.setdefault(item.status_url, InstanceStatus(item.status_url))
-                        status.where, status.name = item.where, item.name
-                        if status not in current:
-                            current.append(status)
+                current, found_error = _discover(client, discovery, configured, known, current)
             list(pool.map(lambda s: poll_once(client, s, path_key, fetch_key), current))
             now_wall = wall_clock()
             for status in current:
@@ -253,6 +242,23 @@ def wait_for_path(  # noqa: PLR0913, PLR0915 - the barrier's options, one loop
                 raise BarrierTimeout(message, result())
             pause = interval if behind or found_error else ttl_left
             sleep(max(0.0, min(pause, deadline - now)))
+
+
+def _discover(
+    client: HttpClient, source: Source, configured: list[str], known: dict[str, InstanceStatus], current: list
+) -> tuple[list[InstanceStatus], str | None]:
+    """This round's instances: the configured ones plus what the source lists now (the last set, if it failed)."""
+    try:
+        found = source.discover(client)
+    except DiscoveryError as exc:
+        return current, str(exc)
+    instances = [known[url] for url in configured]
+    for item in found:
+        status = known.setdefault(item.status_url, InstanceStatus(item.status_url))
+        status.where, status.name = item.where, item.name
+        if status not in instances:
+            instances.append(status)
+    return instances, None
 
 
 def _where(status: InstanceStatus) -> str:

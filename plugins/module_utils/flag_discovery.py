@@ -40,7 +40,7 @@ from ansible.module_utils.http_client import HttpClient, HttpError, HttpGaveUp, 
 SOURCES = ("prometheus", "kubernetes", "consul")
 DEFAULT_TEMPLATE = "{scheme}://{address}/status"
 TEMPLATE_FIELDS = ("scheme", "host", "port", "address", "name")
-K8S_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # in-cluster service account
+K8S_TOKEN_FILE = "/var/run/secrets/kubernetes.io/serviceaccount/token"  # noqa: S105 - a path: the in-cluster token
 
 
 class DiscoveryError(Exception):
@@ -176,8 +176,8 @@ class PrometheusSource(Source):
             found.append(Discovered(status_url, name, f"{self.describe()} (target {instance}, health {health})"))
         if not found:
             raise DiscoveryError(
-                f"Prometheus at {client.safe_url(self.url)} has no active target of job {self.job}: check discovery.job "
-                "(the job label the application's metrics carry)."
+                f"Prometheus at {client.safe_url(self.url)} has no active target of job {self.job}: check "
+                "discovery.job (the job label the application's metrics carry)."
             )
         return found
 

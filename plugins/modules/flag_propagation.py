@@ -75,7 +75,8 @@ options:
         description: "kubernetes: the application's Service (its EndpointSlices are read); consul: the service name."
         type: str
       port:
-        description: "kubernetes: the name or number of the port serving C(/status); needed when the Service has several."
+        description:
+          - "kubernetes: the name or number of the port serving C(/status); needed when the Service has several."
         type: str
       passing_only:
         description:
@@ -255,7 +256,8 @@ instances:
       description: Its name in the discovery source (null when only configured).
       type: str
     discovered_in:
-      description: Where it was discovered, e.g. C(Prometheus job transformation-engine (target 10.0.0.7:8080, health up)).
+      description:
+        - Where it was discovered, e.g. C(Prometheus job transformation-engine (target 10.0.0.7:8080, health up)).
       type: str
     configured:
       description: Whether it is in I(status_urls).

@@ -41,7 +41,7 @@ class ConsulFake(FakeApi):
     def __post_init__(self) -> None:
         super().__init__()
 
-    def register(self, service: str, sid: str, address: str, port: int, status: str = "passing", node: str = "n1"):
+    def register(self, service: str, sid: str, address: str, port: int, *, status: str = "passing", node: str = "n1"):
         entry = {"id": sid, "node": node, "node_address": "10.0.0.1", "address": address, "port": port}
         self.services.setdefault(service, []).append({**entry, "status": status})
 
@@ -116,13 +116,17 @@ class KubernetesFake(FakeApi):
             "nodeName": "node-1",
         }
 
-    def handle(self, request: Request) -> Answer:  # noqa: PLR0911 - one return per refusal
+    def handle(self, request: Request) -> Answer:
         auth = request.headers.get("authorization", "")
         token = auth.removeprefix("Bearer ") if auth.startswith("Bearer ") else None
         if token not in (self.token, self.no_rbac_token):
             return k8s_status(401, "Unauthorized", "Unauthorized")
         parts = request.path.strip("/").split("/")
-        if parts[:4] != ["apis", "discovery.k8s.io", "v1", "namespaces"] or len(parts) != 6 or parts[5] != "endpointslices":
+        if (
+            parts[:4] != ["apis", "discovery.k8s.io", "v1", "namespaces"]
+            or len(parts) != 6
+            or parts[5] != "endpointslices"
+        ):
             return k8s_status(404, "NotFound", "the server could not find the requested resource")
         namespace = parts[4]
         if request.method != "GET":
