@@ -8,10 +8,10 @@
 
 from pathlib import Path
 
-import ansible.module_utils
+from plugins.plugin_utils.module_utils_path import add_module_utils_path
 
 ROOT = Path(__file__).resolve().parent.parent
-ansible.module_utils.__path__.append(str(ROOT / "plugins" / "module_utils"))
+add_module_utils_path()
 
 FIXTURES = sorted(path.stem for path in (ROOT / "tests" / "fixtures").glob("*.py") if path.stem != "__init__")
 pytest_plugins = [
