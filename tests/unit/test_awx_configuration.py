@@ -13,7 +13,7 @@ There is no AWX here, so the tests prove everything that does not need one:
 - the playbook really runs up to the network: it refuses missing settings and secrets before any
   request, and a task that carries a secret leaks nothing even when AWX cannot be reached.
 What only a real AWX shows (the objects it creates, a launch, the survey form, the approval) is
-listed in the README.
+listed in docs/awx.md.
 """
 
 from __future__ import annotations
