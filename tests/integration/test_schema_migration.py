@@ -27,6 +27,8 @@ from tests.fixtures.schema import (
     seed,
 )
 
+pytestmark = pytest.mark.integration
+
 CANARY = "Canary-Secret-7f3e"
 
 
