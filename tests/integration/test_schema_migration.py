@@ -25,6 +25,8 @@ from tests.fixtures.schema import (
     seed,
 )
 
+pytestmark = pytest.mark.integration
+
 CANARY = "Canary-Secret-7f3e"
 
 
