@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ansible.module_utils.flag_discovery import DiscoveryError, Source
-from ansible.module_utils.http_client import HttpClient, HttpError, HttpGaveUp
+from ansible.module_utils.flag_discovery import DiscoveryConfigError, DiscoveryError, Source, make_source
+from ansible.module_utils.http_client import HttpClient, HttpError, HttpGaveUp, redact
 
 MAX_THREADS = 32
 CONFIGURED = "configured (status_urls)"
@@ -300,3 +300,42 @@ def _timeout_message(  # noqa: PLR0917
         + ". Make those instances fetch the flag (restart them, or restore their link to the flag system) or stop "
         "them, then rerun; the flag stays off."
     )
+
+
+def run_flag_propagation(params: dict, check_mode: bool = False, diff: bool = False) -> dict[str, Any]:
+    """The flag_propagation plugin: wait_for_path() with the task's options; never changes anything."""
+    token = (params.get("discovery") or {}).get("token") or ""
+    secrets = [token] if token else []
+    try:
+        client = HttpClient(
+            timeout=params["request_timeout"],
+            max_wait=0,
+            validate_certs=params["validate_certs"],
+            ca_path=params["ca_path"],
+            secrets=secrets,
+        )
+        source = make_source(params.get("discovery"))
+        urls = list(params["status_urls"]) + ([source.url] if source else [])
+        warnings = list(dict.fromkeys(w for url in urls for w in client.warnings_for(url, carries_secret=False)))
+        result = wait_for_path(
+            client,
+            params["status_urls"],
+            expected_path=params["expected_path"],
+            path_key=params["path_key"],
+            timeout=params["timeout"],
+            interval=params["interval"],
+            cache_ttl=params["cache_ttl"],
+            check_mode=check_mode,
+            discovery=source,
+            fetched_after=params.get("fetched_after"),
+            fetch_key=params.get("fetch_key") or "last_refresh",
+            clock_skew=params.get("clock_skew", 1.0),
+        )
+    except BarrierTimeout as exc:
+        return {"changed": False, "failed": True, "msg": redact(str(exc), secrets), **exc.result}
+    except (BarrierConfigError, DiscoveryConfigError, HttpError) as exc:
+        return {"changed": False, "failed": True, "msg": redact(str(exc), secrets)}
+    if result["not_configured"] and params["status_urls"]:
+        names = ", ".join(f"{i['name']} ({i['url']}, {i['discovered_in']})" for i in result["not_configured"])
+        warnings.append(f"Live instances missing from status_urls were asked too: {names}; add them to the list.")
+    return {"changed": False, **result, "warnings": warnings}

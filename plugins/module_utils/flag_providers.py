@@ -17,6 +17,7 @@ from typing import Any
 from ansible.module_utils.flag_http import HttpProvider
 from ansible.module_utils.flag_launchdarkly import LD_API_VERSION, LD_SEMANTIC_PATCH, LaunchDarklyProvider
 from ansible.module_utils.flag_optimizely import OptimizelyProvider
+from ansible.module_utils.flag_options import PROVIDER_NAMES
 from ansible.module_utils.flag_provider_base import (
     FlagAuthError,
     FlagConfigError,
@@ -34,7 +35,7 @@ from ansible.module_utils.flag_provider_base import (
 from ansible.module_utils.flag_unleash import UnleashProvider
 from ansible.module_utils.http_client import HttpClient, HttpStatusError
 
-PROVIDERS = ("unleash", "launchdarkly", "optimizely", "http")
+PROVIDERS = PROVIDER_NAMES  # defined with the argument spec, which must import nothing optional
 
 
 def make_provider(  # noqa: PLR0917

@@ -40,6 +40,8 @@ attributes:
   diff_mode:
     support: none
     description: Nothing changes, so there is no diff.
+extends_documentation_fragment:
+  - rollback_http
 options:
   status_urls:
     description: The status URL of every application instance you know of, e.g. C(https://app-1.example.com/status).
@@ -143,13 +145,6 @@ options:
     description: Seconds for one status or discovery request (connect and read).
     type: float
     default: 5
-  validate_certs:
-    description: Verify TLS certificates. Turning it off is reported as a warning; prefer I(ca_path).
-    type: bool
-    default: true
-  ca_path:
-    description: A CA bundle (PEM) to verify the instances' and the discovery source's certificates with.
-    type: path
 notes:
   - "Runs on the controller; use C(delegate_to: localhost) and C(run_once) per environment."
   - "Discovery references: Prometheus HTTP API C(/api/v1/targets); Kubernetes C(discovery.k8s.io/v1) EndpointSlice;
@@ -285,94 +280,24 @@ instances:
       type: int
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+from ansible.module_utils.flag_options import flag_propagation_spec
+from ansible.module_utils.runbook_plugin import Plugin
 
 try:
-    from ansible.module_utils.flag_barrier import BarrierConfigError, BarrierTimeout, wait_for_path
-    from ansible.module_utils.flag_discovery import DiscoveryConfigError, make_source
-    from ansible.module_utils.http_client import HttpClient, HttpError, http_argument_spec, redact
-
+    from ansible.module_utils.flag_barrier import run_flag_propagation
+except ImportError as exc:  # requests is missing on the controller
+    run_flag_propagation, IMPORT_ERROR = None, exc
+else:
     IMPORT_ERROR = None
-except ImportError as exc:  # requests missing on the controller
-    IMPORT_ERROR = exc
 
-
-def argument_spec() -> dict:
-    spec = http_argument_spec()
-    spec["request_timeout"] = spec.pop("timeout")
-    spec.update(
-        status_urls={"type": "list", "elements": "str", "default": []},
-        discovery={
-            "type": "dict",
-            "options": {
-                "source": {"type": "str", "required": True, "choices": ["none", "prometheus", "kubernetes", "consul"]},
-                "url": {"type": "str"},
-                "job": {"type": "str"},
-                "name_label": {"type": "str", "default": "instance"},
-                "namespace": {"type": "str"},
-                "service": {"type": "str"},
-                "port": {"type": "str"},
-                "passing_only": {"type": "bool", "default": False},
-                "scheme": {"type": "str", "default": "http", "choices": ["http", "https"]},
-                "status_url_template": {"type": "str", "default": "{scheme}://{address}/status"},
-                "token": {"type": "str", "no_log": True, "fallback": (env_fallback, ["ROLLBACK_DISCOVERY_TOKEN"])},
-            },
-        },
-        fetched_after={"type": "str"},
-        fetch_key={"type": "str", "default": "last_refresh"},
-        clock_skew={"type": "float", "default": 1.0},
-        expected_path={"type": "str", "default": "legacy"},
-        path_key={"type": "str", "default": "path"},
-        timeout={"type": "float", "default": 60.0},
-        interval={"type": "float", "default": 1.0},
-        cache_ttl={"type": "float", "default": 0.0},
-    )
-    return spec
+# The plugin, once: this module's main() and the action plugins/action/flag_propagation.py both run it.
+PLUGIN = Plugin(
+    "flag_propagation", flag_propagation_spec, run_flag_propagation, requires="requests", import_error=IMPORT_ERROR
+)
 
 
 def main() -> None:
-    if IMPORT_ERROR is not None:
-        AnsibleModule(argument_spec={}, supports_check_mode=True).fail_json(
-            msg=missing_required_lib("requests"), exception=str(IMPORT_ERROR)
-        )
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    params = module.params
-    token = (params["discovery"] or {}).get("token") or ""
-    secrets = [token] if token else []
-    try:
-        client = HttpClient(
-            timeout=params["request_timeout"],
-            max_wait=0,
-            validate_certs=params["validate_certs"],
-            ca_path=params["ca_path"],
-            secrets=secrets,
-        )
-        source = make_source(params["discovery"])
-        urls = list(params["status_urls"]) + ([source.url] if source else [])
-        for warning in dict.fromkeys(w for url in urls for w in client.warnings_for(url, carries_secret=False)):
-            module.warn(warning)
-        result = wait_for_path(
-            client,
-            params["status_urls"],
-            expected_path=params["expected_path"],
-            path_key=params["path_key"],
-            timeout=params["timeout"],
-            interval=params["interval"],
-            cache_ttl=params["cache_ttl"],
-            check_mode=module.check_mode,
-            discovery=source,
-            fetched_after=params["fetched_after"],
-            fetch_key=params["fetch_key"],
-            clock_skew=params["clock_skew"],
-        )
-    except BarrierTimeout as exc:
-        module.fail_json(msg=redact(str(exc), secrets), changed=False, **exc.result)
-    except (BarrierConfigError, DiscoveryConfigError, HttpError) as exc:
-        module.fail_json(msg=redact(str(exc), secrets), changed=False)
-    if result["not_configured"] and params["status_urls"]:
-        names = ", ".join(f"{i['name']} ({i['url']}, {i['discovered_in']})" for i in result["not_configured"])
-        module.warn(f"Live instances missing from status_urls were asked too: {names}; add them to the list.")
-    module.exit_json(changed=False, **result)
+    PLUGIN.main()
 
 
 if __name__ == "__main__":
