@@ -168,7 +168,7 @@ EXAMPLES = r"""
     timeout: 60
     interval: 1
 
-- name: The pods of a Kubernetes Service (in the cluster: the service account's token)
+- name: The pods of a Kubernetes Service (in the cluster, with the service account's token)
   flag_propagation:
     discovery:
       source: kubernetes
