@@ -2,6 +2,7 @@
 
     .venv/bin/python -m tests.tooling.validate_modules          # prints the problems; exit 1 if any
     .venv/bin/python -m tests.tooling.validate_modules --keep   # and keeps the collection copy
+    .venv/bin/python -m tests.tooling.validate_modules --plugins /tmp/branch/plugins   # another tree
 
 ansible-test checks collections: it must run inside `ansible_collections/<namespace>/<name>`. The
 repository keeps its top-level layout (ansible.cfg points at plugins/), so this copies plugins/ into
@@ -63,8 +64,8 @@ KNOWN_PROBLEMS: tuple[tuple[str, str], ...] = (
 )
 
 
-def our_module_utils() -> list[str]:
-    return sorted(path.stem for path in (PLUGINS / "module_utils").glob("*.py") if path.stem != "__init__")
+def our_module_utils(plugins: Path = PLUGINS) -> list[str]:
+    return sorted(path.stem for path in (plugins / "module_utils").glob("*.py") if path.stem != "__init__")
 
 
 def rewrite_imports(text: str, names: list[str]) -> str:
@@ -100,16 +101,16 @@ def ignore_file() -> str:
     return f"tests/sanity/ignore-{major_minor}.txt"
 
 
-def collection_copy(parent: Path) -> Path:
+def collection_copy(parent: Path, plugins: Path = PLUGINS) -> Path:
     """A collection made of plugins/, under parent/ansible_collections/<namespace>/<name>; returns its root."""
     root = parent / "ansible_collections" / NAMESPACE / NAME
-    names = our_module_utils()
-    modules = sorted(path.stem for path in (PLUGINS / "modules").glob("*.py"))
-    fragments = sorted(path.stem for path in (PLUGINS / "doc_fragments").glob("*.py"))
-    for source in sorted(PLUGINS.rglob("*.py")):
+    names = our_module_utils(plugins)
+    modules = sorted(path.stem for path in (plugins / "modules").glob("*.py"))
+    fragments = sorted(path.stem for path in (plugins / "doc_fragments").glob("*.py"))
+    for source in sorted(plugins.rglob("*.py")):
         if "__pycache__" in source.parts:
             continue
-        destination = root / "plugins" / source.relative_to(PLUGINS)
+        destination = root / "plugins" / source.relative_to(plugins)
         destination.parent.mkdir(parents=True, exist_ok=True)
         text = qualify_references(rewrite_imports(source.read_text(), names), modules, fragments)
         destination.write_text(text)  # symlinks become files
@@ -171,10 +172,11 @@ def problems(output: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="keep the collection copy and print where it is")
+    parser.add_argument("--plugins", type=Path, default=PLUGINS, help="another plugins/ folder (e.g. a branch's)")
     args = parser.parse_args(argv)
     parent = Path(tempfile.mkdtemp(prefix="validate-modules-"))
     try:
-        proc = validate_modules(collection_copy(parent))
+        proc = validate_modules(collection_copy(parent, args.plugins.resolve()))
         found = problems(proc.stdout + proc.stderr)
         sys.stdout.write(proc.stdout + proc.stderr)
         print(f"validate-modules: {len(found)} problem(s), ansible-test exit {proc.returncode}")
