@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Where the live instances of the application are: asked of a source of truth, not of a list in group_vars.
 
 The propagation barrier (flag_barrier) asks one of these every round and polls every instance it

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The in-house flag service of SEQ-OF-004 (shared/seed), and any other REST shape by configuration.
 
 By default `PATCH {api_url}/api/v2/flags/{flag}` with `Authorization: api-key <key>` and body

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Optimizely Feature Experimentation: the flag's ruleset in one environment, through the Flags REST API.
 
 In Feature Experimentation a flag is "on" in an environment when its ruleset there is enabled

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """What every flag provider shares: the typed errors, the read/write results and the base class.
 
 One module per flag system (flag_unleash, flag_launchdarkly, flag_optimizely, flag_http) subclasses

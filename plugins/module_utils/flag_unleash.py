@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Unleash admin API (v5+, checked against unleash-server 8.2.0), https://docs.getunleash.io/api ("Features").
 
 - read  GET  /api/admin/projects/{project}/features/{flag}  (operation getFeature: `environments[]`
