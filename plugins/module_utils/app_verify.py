@@ -1,0 +1,445 @@
+"""The rollback's verification verdict: every instance healthy, the 5xx ratio back at its baseline.
+
+`run_app_verify(params)` polls, until the wait ends or everything checks out:
+- every instance's health endpoint (the environment's contract: status codes, and optionally a JSON
+  field's value or the body's text);
+- Prometheus, for the requests and the 5xx responses of the application over a window
+  (`sum(increase(<metric>{<selector>}[<window>]))` and the same with `<status_label>=~"5.."`), whose
+  ratio must come back to the baseline recorded before the deployment plus a tolerance.
+
+The verdict has three values, and missing data is never read as health:
+- `verified`: every instance answered healthy and, in the same poll, the ratio was within the limit
+  over at least `min_requests` requests;
+- `failed`: at the end of the wait, an instance is unhealthy or the ratio is above the limit;
+- `inconclusive`: something could not be checked: no Prometheus or no instance configured, Prometheus
+  unreachable or refusing the query, no series at all (a renamed metric, a wrong job or label), or
+  fewer than `min_requests` requests in the window (no traffic). The result names each of them and
+  what to look at instead.
+
+Prometheus' HTTP API (https://prometheus.io/docs/prometheus/latest/querying/api/): `GET /api/v1/query`
+answers `{"status": "success", "data": {"resultType": "vector", "result": [{"metric": {...},
+"value": [<unix time>, "<number as string>"]}]}}`; an expression that matches no series yields an
+empty vector; a bad query answers 400 (`bad_data`) or 422 with `{"status": "error", "error": ...}`;
+503 when a query times out. Plain Python, no Ansible; nothing here prints.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from ansible.module_utils.http_client import HttpClient, HttpError, HttpGaveUp, server_message
+from ansible.module_utils.verify_options import MODES
+
+PROMETHEUS_TOKEN_ENV = "PROMETHEUS_BEARER_TOKEN"  # optional: a Prometheus behind an authenticating proxy
+MAX_THREADS = 16
+
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_DURATION = re.compile(r"^(\d+(ms|s|m|h|d|w|y))+$")
+
+
+class VerifyConfigError(ValueError):
+    """The options cannot work: one sentence naming the fix; nothing was contacted."""
+
+
+# -- options ---------------------------------------------------------------------------------------
+def validate(params: dict) -> None:
+    """VerifyConfigError for options that cannot work."""
+    if params.get("mode", "verify") not in MODES:
+        raise VerifyConfigError(f"mode must be one of {', '.join(MODES)}.")
+    if not params.get("requests_query"):
+        if not _METRIC_NAME.match(params["metric"] or ""):
+            raise VerifyConfigError(
+                f"metric {params['metric']!r} is not a Prometheus metric name: give the counter of finished "
+                "requests, e.g. http_requests_total (see the metrics presets in inventories/group_vars/all.yml)."
+            )
+        if not _LABEL_NAME.match(params["status_label"] or ""):
+            raise VerifyConfigError(
+                f"status_label {params['status_label']!r} is not a Prometheus label name: give the label that "
+                "holds the HTTP status code, e.g. status or http_response_status_code."
+            )
+        selector = (params.get("selector") or "").strip()
+        if selector.startswith("{") or selector.endswith("}"):
+            raise VerifyConfigError(
+                'selector holds label matchers without braces, e.g. job="transformation-engine",path="/transform".'
+            )
+        if '"' in (params.get("error_status") or "") or not params.get("error_status"):
+            raise VerifyConfigError('error_status is a regular expression of status codes without quotes, e.g. 5..')
+    if not _DURATION.match(params["window"] or ""):
+        raise VerifyConfigError(f"window {params['window']!r} is not a Prometheus duration: give e.g. 1m or 30s.")
+    for key in ("min_requests", "tolerance", "wait"):
+        if float(params[key]) < 0:
+            raise VerifyConfigError(f"{key} must not be negative.")
+    if not float(params["interval"]) > 0:
+        raise VerifyConfigError("interval must be more than 0 seconds: give e.g. 3.")
+    if not float(params["timeout"]) > 0:
+        raise VerifyConfigError("timeout must be more than 0 seconds: give e.g. 5.")
+    if params.get("baseline") is not None and not 0 <= float(params["baseline"]) <= 1:
+        raise VerifyConfigError("baseline is a ratio between 0 and 1 (0.01 is 1% of requests answered 5xx).")
+    health = params.get("health") or {}
+    if health.get("json_value") is not None and not health.get("json_key"):
+        raise VerifyConfigError("health.json_value needs health.json_key (the field of the health JSON to compare).")
+    for url in [*params.get("health_urls") or [], params.get("prometheus_url") or "http://x"]:
+        if not re.match(r"^https?://[^/\s]+", url or ""):
+            raise VerifyConfigError(f"{HttpClient.safe_url(url)!r} is not an http(s) URL: give e.g. https://host:port.")
+
+
+def build_queries(params: dict) -> dict[str, str]:
+    """The two PromQL expressions: requests and 5xx responses in the window (instant vectors)."""
+    if params.get("requests_query"):
+        return {"requests": params["requests_query"], "errors": params["errors_query"]}
+    selector = (params.get("selector") or "").strip().rstrip(",")
+    error_matcher = f'{params["status_label"]}=~"{params["error_status"]}"'
+    window = params["window"]
+    metric = params["metric"]
+    return {
+        "requests": f"sum(increase({metric}{{{selector}}}[{window}]))",
+        "errors": f"sum(increase({metric}{{{selector + ',' if selector else ''}{error_matcher}}}[{window}]))",
+    }
+
+
+# -- health ----------------------------------------------------------------------------------------
+@dataclass
+class InstanceHealth:
+    url: str
+    healthy: bool = False
+    status: int | None = None
+    detail: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"url": self.url, "healthy": self.healthy, "status": self.status, "detail": self.detail}
+
+
+def _dig(body: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(body, dict) or part not in body:
+            return None
+        body = body[part]
+    return body
+
+
+def check_instance(client: HttpClient, url: str, contract: dict) -> InstanceHealth:
+    """One GET of the health endpoint, judged by the contract (never raises)."""
+    health = InstanceHealth(HttpClient.safe_url(url))
+    try:
+        answer = client.request("GET", url, what=f"read the health of {health.url}")
+    except HttpGaveUp as exc:
+        health.status, health.detail = exc.status, exc.failure or "no answer"
+        return health
+    except HttpError as exc:
+        health.detail = str(exc)
+        return health
+    health.status = answer.status
+    codes = contract.get("status_codes") or [200]
+    if answer.status not in codes:
+        health.detail = f"answered {answer.status}, expected {' or '.join(str(c) for c in codes)}"
+        return health
+    key, wanted, text = contract.get("json_key"), contract.get("json_value"), contract.get("text")
+    if key:
+        found = _dig(answer.body, key)
+        if found is None:
+            health.detail = f"its answer has no field {key!r}"
+            return health
+        if wanted is not None and str(found) != str(wanted):
+            health.detail = f"{key} is {str(found)[:60]!r}, expected {wanted!r}"
+            return health
+    if text is not None and (answer.text or "").strip() != text:
+        health.detail = f"answered {server_message(answer.text, None)[:60]!r}, expected {text!r}"
+        return health
+    health.healthy, health.detail = True, f"answered {answer.status}"
+    return health
+
+
+def check_health(urls: list[str], contract: dict, make_client) -> list[InstanceHealth]:
+    if not urls:
+        return []
+    if len(urls) == 1:
+        return [check_instance(make_client(), urls[0], contract)]
+    with ThreadPoolExecutor(max_workers=min(MAX_THREADS, len(urls))) as pool:
+        return list(pool.map(lambda url: check_instance(make_client(), url, contract), urls))
+
+
+# -- the 5xx ratio ---------------------------------------------------------------------------------
+@dataclass
+class RateObservation:
+    """One reading of the 5xx ratio. `state` is "ok" only when the ratio can be judged."""
+
+    state: str  # ok | no_series | too_few_requests | unreachable | refused | not_configured
+    requests: float | None = None
+    errors: float | None = None
+    detail: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.state != "ok" or not self.requests:
+            return None
+        return self.errors / self.requests
+
+    @property
+    def final(self) -> bool:
+        """A state that waiting cannot change (the configuration is wrong or missing)."""
+        return self.state in ("refused", "not_configured")
+
+
+class _QueryFailed(Exception):
+    def __init__(self, state: str, detail: str):
+        super().__init__(detail)
+        self.state, self.detail = state, detail
+
+
+def _instant_value(client: HttpClient, base_url: str, query: str) -> float | None:
+    """The sum of an instant query's result; None for an empty vector (no series)."""
+    url = base_url.rstrip("/") + "/api/v1/query"
+    try:
+        answer = client.request("GET", url, params={"query": query}, what=f"query Prometheus at {client.safe_url(url)}")
+    except HttpGaveUp as exc:
+        raise _QueryFailed("unreachable", exc.failure or "no answer") from None
+    except HttpError as exc:
+        raise _QueryFailed("unreachable", str(exc)) from None
+    body = answer.body if isinstance(answer.body, dict) else {}
+    if answer.status != 200 or body.get("status") != "success":
+        said = body.get("error") or server_message(answer.text, answer.body)
+        if answer.status in (400, 422):
+            raise _QueryFailed("refused", f"{body.get('errorType') or answer.status}: {said}")
+        raise _QueryFailed("unreachable", f"answered {answer.status}" + (f" ({said})" if said else ""))
+    data = body.get("data") or {}
+    kind, result = data.get("resultType"), data.get("result")
+    if kind == "scalar" and isinstance(result, list) and len(result) == 2:
+        values = [result[1]]
+    elif kind == "vector" and isinstance(result, list):
+        values = [item.get("value", [None, None])[1] for item in result if isinstance(item, dict)]
+    else:
+        raise _QueryFailed("refused", f"the query returned a {kind or 'malformed'} result, not an instant vector")
+    if not values:
+        return None
+    numbers = []
+    for value in values:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            continue
+        if math.isfinite(number):
+            numbers.append(number)
+    return sum(numbers) if numbers else None
+
+
+def measure_error_rate(params: dict, queries: dict[str, str], client: HttpClient | None) -> RateObservation:
+    """Ask Prometheus for the requests and the 5xx responses in the window (never raises)."""
+    if client is None or not params.get("prometheus_url"):
+        return RateObservation("not_configured", detail="no Prometheus is configured for this environment")
+    try:
+        requests_seen = _instant_value(client, params["prometheus_url"], queries["requests"])
+        if requests_seen is None:
+            return RateObservation("no_series", detail=f"Prometheus has no series for {queries['requests']}")
+        errors_seen = _instant_value(client, params["prometheus_url"], queries["errors"])
+    except _QueryFailed as exc:
+        return RateObservation(exc.state, detail=exc.detail)
+    # No 5xx series at all while requests exist: no 5xx response in the window.
+    errors_seen = errors_seen or 0.0
+    if requests_seen < float(params["min_requests"]) or requests_seen <= 0:
+        return RateObservation("too_few_requests", requests_seen, errors_seen)
+    return RateObservation("ok", requests_seen, errors_seen)
+
+
+# -- the verdict -----------------------------------------------------------------------------------
+@dataclass
+class Poll:
+    health: list[InstanceHealth]
+    rate: RateObservation
+    problems: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+
+    @property
+    def verdict(self) -> str:
+        return "failed" if self.problems else "inconclusive" if self.unchecked else "verified"
+
+
+def judge(health: list[InstanceHealth], rate: RateObservation, params: dict, queries: dict[str, str]) -> Poll:
+    """What one poll shows: the problems seen and what could not be checked (each with what to look at)."""
+    poll = Poll(health, rate)
+    if not params.get("health_urls"):
+        poll.unchecked.append(
+            "instance health was not checked: no health URL is configured for this environment (rollback_app_urls); "
+            "check the instances' health in your orchestrator"
+        )
+    for instance in health:
+        if not instance.healthy:
+            poll.problems.append(f"instance {instance.url} is unhealthy ({instance.detail})")
+    window, minimum = params["window"], float(params["min_requests"])
+    limit = limit_of(params)
+    url = HttpClient.safe_url(params.get("prometheus_url") or "")
+    if rate.state == "ok":
+        if rate.ratio > limit:
+            poll.problems.append(
+                f"the 5xx ratio is {rate.ratio:.4f} over the last {window} ({rate.errors:.0f} of {rate.requests:.0f} "
+                f"requests), above the baseline {baseline_of(params):g} + tolerance {float(params['tolerance']):g}"
+            )
+    elif rate.state == "not_configured":
+        poll.unchecked.append(
+            "the 5xx ratio was not checked: no Prometheus is configured for this environment (rollback_prometheus_url); "
+            "look at the application's error rate on your dashboards"
+        )
+    elif rate.state == "no_series":
+        poll.unchecked.append(
+            f"the 5xx ratio was not checked: Prometheus at {url} has no series for {queries['requests']} (a renamed "
+            "metric, a wrong job or label, or instances not scraped); compare the environment's metrics preset "
+            "with the application's /metrics and Prometheus' targets"
+        )
+    elif rate.state == "too_few_requests":
+        poll.unchecked.append(
+            f"the 5xx ratio was not checked: only {rate.requests:.0f} request(s) in the last {window}, fewer than the "
+            f"minimum {minimum:g} to judge a ratio (no traffic?); check that traffic reaches the instances, "
+            "then judge the error rate by hand"
+        )
+    elif rate.state == "refused":
+        poll.unchecked.append(
+            f"the 5xx ratio was not checked: Prometheus at {url} refused the query ({rate.detail}); fix the "
+            "environment's metrics preset (rollback_metrics_*)"
+        )
+    else:
+        poll.unchecked.append(
+            f"the 5xx ratio was not checked: Prometheus at {url} did not answer ({rate.detail}); look at the "
+            "application's error rate by other means"
+        )
+    return poll
+
+
+def baseline_of(params: dict) -> float:
+    return float(params["baseline"]) if params.get("baseline") is not None else 0.0
+
+
+def limit_of(params: dict) -> float:
+    return baseline_of(params) + float(params["tolerance"])
+
+
+def _rate_dict(rate: RateObservation, params: dict) -> dict[str, Any]:
+    return {
+        "state": rate.state,
+        "ratio": None if rate.ratio is None else round(rate.ratio, 6),
+        "requests": None if rate.requests is None else round(rate.requests, 3),
+        "errors": None if rate.errors is None else round(rate.errors, 3),
+        "detail": rate.detail,
+        "window": params["window"],
+        "min_requests": float(params["min_requests"]),
+        "baseline": baseline_of(params),
+        "baseline_recorded": params.get("baseline") is not None,
+        "tolerance": float(params["tolerance"]),
+        "limit": round(limit_of(params), 6),
+    }
+
+
+def _clients(params: dict):
+    """Factories of HTTP clients: one attempt per request (the poll loop is the retry)."""
+    token = os.environ.get(PROMETHEUS_TOKEN_ENV) or ""
+
+    def make(headers: dict | None = None, secrets: list | None = None) -> HttpClient:
+        return HttpClient(
+            timeout=float(params["timeout"]),
+            max_wait=0.0,
+            validate_certs=bool(params["validate_certs"]),
+            ca_path=params.get("ca_path"),
+            headers=headers or {},
+            secrets=secrets or [],
+        )
+
+    prometheus = None
+    if params.get("prometheus_url"):
+        prometheus = make({"Authorization": f"Bearer {token}"} if token else None, [token] if token else None)
+    return make, prometheus
+
+
+def run_app_verify(
+    params: dict, check_mode: bool = False, diff: bool = False, *, clock=time.monotonic, sleep=time.sleep
+) -> dict:
+    """The verdict (mode verify) or one reading of the 5xx ratio (mode baseline). Never raises."""
+    del diff  # nothing changes, so there is nothing to diff
+    params = {**{"health": {}, "health_urls": [], "mode": "verify"}, **params}
+    try:
+        validate(params)
+    except VerifyConfigError as exc:
+        return {"changed": False, "failed": True, "msg": str(exc)}
+    queries = build_queries(params)
+    make_client, prometheus = _clients(params)
+    warnings = []
+    if params["validate_certs"] is False:
+        warnings.append("TLS certificate verification is OFF for the health and Prometheus requests; give ca_path.")
+    if params["mode"] == "baseline":
+        return _baseline(params, queries, prometheus, warnings)
+
+    if params.get("baseline") is None:
+        warnings.append(
+            "No 5xx baseline was recorded before the deployment: the ratio is compared with 0 + the tolerance."
+        )
+    started = clock()
+    deadline = started + (0.0 if check_mode else float(params["wait"]))
+    polls = 0
+    while True:
+        polls += 1
+        health = check_health(params["health_urls"], params["health"] or {}, make_client)
+        rate = measure_error_rate(params, queries, prometheus)
+        poll = judge(health, rate, params, queries)
+        if poll.verdict == "verified":
+            break
+        if (rate.final or not params["health_urls"]) and not poll.problems:
+            break  # waiting cannot make it verified, and nothing seen may yet recover
+        if clock() + float(params["interval"]) > deadline:
+            break
+        sleep(float(params["interval"]))
+    elapsed = clock() - started
+    return {
+        "changed": False,
+        "verdict": poll.verdict,
+        "msg": _message(poll, params, elapsed),
+        "problems": poll.problems,
+        "unchecked": poll.unchecked,
+        "instances": [h.as_dict() for h in poll.health],
+        "error_rate": _rate_dict(poll.rate, params),
+        "queries": queries,
+        "polls": polls,
+        "elapsed_seconds": round(elapsed, 3),
+        "warnings": warnings,
+    }
+
+
+def _message(poll: Poll, params: dict, elapsed: float) -> str:
+    if poll.verdict == "verified":
+        rate = poll.rate
+        return (
+            f"Verified: {len(poll.health)} instance(s) healthy; the 5xx ratio {rate.ratio:.4f} over the last "
+            f"{params['window']} ({rate.errors:.0f} of {rate.requests:.0f} requests) is within the baseline "
+            f"{baseline_of(params):g} + tolerance {float(params['tolerance']):g}."
+        )
+    if poll.verdict == "failed":
+        also = f"; also not checked: {'; '.join(poll.unchecked)}" if poll.unchecked else ""
+        return f"Verification failed after {elapsed:.0f} s: {'; '.join(poll.problems)}{also}."
+    return f"Verification inconclusive after {elapsed:.0f} s: {'; '.join(poll.unchecked)}."
+
+
+def _baseline(params: dict, queries: dict[str, str], prometheus: HttpClient | None, warnings: list[str]) -> dict:
+    """One reading of the ratio, to record before a deployment; not measured is said, never 0."""
+    rate = measure_error_rate(params, queries, prometheus)
+    poll = judge([], rate, {**params, "health_urls": ["-"], "baseline": None}, queries)
+    measured = rate.state == "ok"
+    if measured:
+        msg = (
+            f"The 5xx ratio is {rate.ratio:.4f} over the last {params['window']} "
+            f"({rate.errors:.0f} of {rate.requests:.0f} requests)."
+        )
+    else:
+        msg = f"No 5xx baseline: {'; '.join(poll.unchecked)}."
+        warnings.append(msg)
+    return {
+        "changed": False,
+        "measured": measured,
+        "ratio": None if rate.ratio is None else round(rate.ratio, 6),
+        "msg": msg,
+        "error_rate": _rate_dict(rate, {**params, "baseline": None}),
+        "queries": queries,
+        "warnings": warnings,
+    }
