@@ -7,6 +7,10 @@
   (`sum(increase(<metric>{<selector>}[<window>]))` and the same with `<status_label>=~"5.."`), whose
   ratio must come back to the baseline recorded before the deployment plus a tolerance.
 
+It also judges, once, what the rollback read back and passes in: the flag's state (must be
+`disabled`) and each database's revision (must be the target) and schema fingerprint (must be the
+one recorded with the rollback point before the deployment).
+
 The verdict has three values, and missing data is never read as health:
 - `verified`: every instance answered healthy and, in the same poll, the ratio was within the limit
   over at least `min_requests` requests;
@@ -36,7 +40,8 @@ from typing import Any
 from ansible.module_utils.http_client import HttpClient, HttpError, HttpGaveUp, server_message
 from ansible.module_utils.verify_options import MODES
 
-PROMETHEUS_TOKEN_ENV = "PROMETHEUS_BEARER_TOKEN"  # optional: a Prometheus behind an authenticating proxy
+# Optional: a Prometheus behind an authenticating proxy. The variable's name, not a secret.
+PROMETHEUS_TOKEN_ENV = "PROMETHEUS_BEARER_TOKEN"  # noqa: S105
 MAX_THREADS = 16
 
 _METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
@@ -49,45 +54,54 @@ class VerifyConfigError(ValueError):
 
 
 # -- options ---------------------------------------------------------------------------------------
-def validate(params: dict) -> None:
-    """VerifyConfigError for options that cannot work."""
-    if params.get("mode", "verify") not in MODES:
-        raise VerifyConfigError(f"mode must be one of {', '.join(MODES)}.")
-    if not params.get("requests_query"):
-        if not _METRIC_NAME.match(params["metric"] or ""):
-            raise VerifyConfigError(
-                f"metric {params['metric']!r} is not a Prometheus metric name: give the counter of finished "
-                "requests, e.g. http_requests_total (see the metrics presets in inventories/group_vars/all.yml)."
-            )
-        if not _LABEL_NAME.match(params["status_label"] or ""):
-            raise VerifyConfigError(
-                f"status_label {params['status_label']!r} is not a Prometheus label name: give the label that "
-                "holds the HTTP status code, e.g. status or http_response_status_code."
-            )
-        selector = (params.get("selector") or "").strip()
-        if selector.startswith("{") or selector.endswith("}"):
-            raise VerifyConfigError(
-                'selector holds label matchers without braces, e.g. job="transformation-engine",path="/transform".'
-            )
-        if '"' in (params.get("error_status") or "") or not params.get("error_status"):
-            raise VerifyConfigError('error_status is a regular expression of status codes without quotes, e.g. 5..')
+def _validate_query_options(params: dict) -> None:
+    if params.get("requests_query"):
+        return
+    if not _METRIC_NAME.match(params["metric"] or ""):
+        raise VerifyConfigError(
+            f"metric {params['metric']!r} is not a Prometheus metric name: give the counter of finished "
+            "requests, e.g. http_requests_total (see the presets in inventories/group_vars/all.yml)."
+        )
+    if not _LABEL_NAME.match(params["status_label"] or ""):
+        raise VerifyConfigError(
+            f"status_label {params['status_label']!r} is not a Prometheus label name: give the label that "
+            "holds the HTTP status code, e.g. status or http_response_status_code."
+        )
+    selector = (params.get("selector") or "").strip()
+    if selector.startswith("{") or selector.endswith("}"):
+        raise VerifyConfigError(
+            'selector holds label matchers without braces, e.g. job="transformation-engine",path="/transform".'
+        )
+    if '"' in (params.get("error_status") or "") or not params.get("error_status"):
+        raise VerifyConfigError("error_status is a regular expression of status codes without quotes, e.g. 5..")
+
+
+def _validate_numbers(params: dict) -> None:
     if not _DURATION.match(params["window"] or ""):
         raise VerifyConfigError(f"window {params['window']!r} is not a Prometheus duration: give e.g. 1m or 30s.")
     for key in ("min_requests", "tolerance", "wait"):
         if float(params[key]) < 0:
             raise VerifyConfigError(f"{key} must not be negative.")
-    if not float(params["interval"]) > 0:
-        raise VerifyConfigError("interval must be more than 0 seconds: give e.g. 3.")
-    if not float(params["timeout"]) > 0:
-        raise VerifyConfigError("timeout must be more than 0 seconds: give e.g. 5.")
+    for key in ("interval", "timeout"):
+        if not float(params[key]) > 0:
+            raise VerifyConfigError(f"{key} must be more than 0 seconds: give e.g. 3.")
     if params.get("baseline") is not None and not 0 <= float(params["baseline"]) <= 1:
         raise VerifyConfigError("baseline is a ratio between 0 and 1 (0.01 is 1% of requests answered 5xx).")
+
+
+def validate(params: dict) -> None:
+    """VerifyConfigError for options that cannot work."""
+    if params.get("mode", "verify") not in MODES:
+        raise VerifyConfigError(f"mode must be one of {', '.join(MODES)}.")
+    _validate_query_options(params)
+    _validate_numbers(params)
     health = params.get("health") or {}
     if health.get("json_value") is not None and not health.get("json_key"):
         raise VerifyConfigError("health.json_value needs health.json_key (the field of the health JSON to compare).")
-    for url in [*params.get("health_urls") or [], params.get("prometheus_url") or "http://x"]:
+    for url in [*(params.get("health_urls") or []), params.get("prometheus_url") or "http://x"]:
         if not re.match(r"^https?://[^/\s]+", url or ""):
-            raise VerifyConfigError(f"{HttpClient.safe_url(url)!r} is not an http(s) URL: give e.g. https://host:port.")
+            shown = re.sub(r"//[^/@]*@", "//", (url or "").split("?")[0])  # no credentials, no query string
+            raise VerifyConfigError(f"{shown!r} is not an http(s) URL: give e.g. https://host:port.")
 
 
 def build_queries(params: dict) -> dict[str, str]:
@@ -124,6 +138,23 @@ def _dig(body: Any, dotted: str) -> Any:
     return body
 
 
+def _contract_breach(answer, contract: dict) -> str | None:
+    """Why a 2xx-or-4xx answer does not meet the health contract, or None if it does."""
+    codes = contract.get("status_codes") or [200]
+    if answer.status not in codes:
+        return f"answered {answer.status}, expected {' or '.join(str(c) for c in codes)}"
+    key, wanted, text = contract.get("json_key"), contract.get("json_value"), contract.get("text")
+    if key:
+        found = _dig(answer.body, key)
+        if found is None:
+            return f"its answer has no field {key!r}"
+        if wanted is not None and str(found) != str(wanted):
+            return f"{key} is {str(found)[:60]!r}, expected {wanted!r}"
+    if text is not None and (answer.text or "").strip() != text:
+        return f"answered {server_message(answer.text, None)[:60]!r}, expected {text!r}"
+    return None
+
+
 def check_instance(client: HttpClient, url: str, contract: dict) -> InstanceHealth:
     """One GET of the health endpoint, judged by the contract (never raises)."""
     health = InstanceHealth(HttpClient.safe_url(url))
@@ -136,23 +167,8 @@ def check_instance(client: HttpClient, url: str, contract: dict) -> InstanceHeal
         health.detail = str(exc)
         return health
     health.status = answer.status
-    codes = contract.get("status_codes") or [200]
-    if answer.status not in codes:
-        health.detail = f"answered {answer.status}, expected {' or '.join(str(c) for c in codes)}"
-        return health
-    key, wanted, text = contract.get("json_key"), contract.get("json_value"), contract.get("text")
-    if key:
-        found = _dig(answer.body, key)
-        if found is None:
-            health.detail = f"its answer has no field {key!r}"
-            return health
-        if wanted is not None and str(found) != str(wanted):
-            health.detail = f"{key} is {str(found)[:60]!r}, expected {wanted!r}"
-            return health
-    if text is not None and (answer.text or "").strip() != text:
-        health.detail = f"answered {server_message(answer.text, None)[:60]!r}, expected {text!r}"
-        return health
-    health.healthy, health.detail = True, f"answered {answer.status}"
+    breach = _contract_breach(answer, contract)
+    health.healthy, health.detail = breach is None, breach or f"answered {answer.status}"
     return health
 
 
@@ -247,13 +263,87 @@ def measure_error_rate(params: dict, queries: dict[str, str], client: HttpClient
     return RateObservation("ok", requests_seen, errors_seen)
 
 
+# -- what the rollback read back -------------------------------------------------------------------
+@dataclass
+class Check:
+    """One thing verified: `name` (what), `verdict` (verified, failed or inconclusive), `detail` (a sentence part)."""
+
+    name: str
+    verdict: str
+    detail: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "verdict": self.verdict, "detail": self.detail}
+
+
+def static_checks(params: dict) -> list[Check]:
+    """The flag and every database as read back (judged once: waiting cannot change them)."""
+    checks: list[Check] = []
+    flag = params.get("flag")
+    if flag is not None:
+        if flag.get("error") or not flag.get("state"):
+            why = flag.get("error") or "no state returned"
+            checks.append(
+                Check("flag", "inconclusive", f"the flag could not be read back ({why}); check it in the flag system")
+            )
+        elif flag["state"] != "disabled":
+            checks.append(Check("flag", "failed", f"the flag reads {flag['state']}, not disabled"))
+        else:
+            checks.append(Check("flag", "verified", "the flag reads disabled"))
+    target = params.get("target_revision")
+    points = params.get("rollback_points") or {}
+    if params.get("databases_error"):
+        checks.append(
+            Check(
+                "databases",
+                "inconclusive",
+                f"the databases could not be read ({params['databases_error']}); read them with playbooks/status.yml",
+            )
+        )
+    for db in params.get("databases") or []:
+        checks.append(_database_check(db, target, points.get(db.get("name") or "") or {}))
+    return checks
+
+
+def _database_check(db: dict, target: str | None, point: dict) -> Check:
+    name = db.get("name") or "?"
+    label = f"database {name}"
+    if db.get("failed"):
+        why = db.get("msg") or "no answer"
+        return Check(label, "inconclusive", f"{label} could not be read ({why}); read it with playbooks/status.yml")
+    if target is not None and db.get("revision") != target:
+        return Check(label, "failed", f"{label} is at {db.get('revision') or 'no revision'}, not {target}")
+    if not (point.get("fingerprint") and point.get("revision") == target and db.get("fingerprint")):
+        return Check(
+            label,
+            "inconclusive",
+            f"{label}'s schema was not compared: no fingerprint was recorded for {target} before the deployment; "
+            "compare its schema by hand (playbooks/status.yml)",
+        )
+    if db["fingerprint"] != point["fingerprint"]:
+        return Check(
+            label,
+            "failed",
+            f"{label}'s schema fingerprint {db['fingerprint'][:12]} differs from the one recorded before the "
+            f"deployment {point['fingerprint'][:12]}",
+        )
+    return Check(label, "verified", f"{label} is at {target}, schema fingerprint as recorded before the deployment")
+
+
 # -- the verdict -----------------------------------------------------------------------------------
 @dataclass
 class Poll:
     health: list[InstanceHealth]
     rate: RateObservation
-    problems: list[str] = field(default_factory=list)
-    unchecked: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def problems(self) -> list[str]:
+        return [c.detail for c in self.checks if c.verdict == "failed"]
+
+    @property
+    def unchecked(self) -> list[str]:
+        return [c.detail for c in self.checks if c.verdict == "inconclusive"]
 
     @property
     def verdict(self) -> str:
@@ -261,53 +351,53 @@ class Poll:
 
 
 def judge(health: list[InstanceHealth], rate: RateObservation, params: dict, queries: dict[str, str]) -> Poll:
-    """What one poll shows: the problems seen and what could not be checked (each with what to look at)."""
+    """What one poll shows: a check per instance and one for the 5xx ratio (each gap says what to look at)."""
     poll = Poll(health, rate)
     if not params.get("health_urls"):
-        poll.unchecked.append(
-            "instance health was not checked: no health URL is configured for this environment (rollback_app_urls); "
-            "check the instances' health in your orchestrator"
+        poll.checks.append(
+            Check(
+                "instances",
+                "inconclusive",
+                "instance health was not checked: no health URL is configured for this environment "
+                "(rollback_app_urls); check the instances' health in your orchestrator",
+            )
         )
     for instance in health:
-        if not instance.healthy:
-            poll.problems.append(f"instance {instance.url} is unhealthy ({instance.detail})")
-    window, minimum = params["window"], float(params["min_requests"])
-    limit = limit_of(params)
-    url = HttpClient.safe_url(params.get("prometheus_url") or "")
-    if rate.state == "ok":
-        if rate.ratio > limit:
-            poll.problems.append(
-                f"the 5xx ratio is {rate.ratio:.4f} over the last {window} ({rate.errors:.0f} of {rate.requests:.0f} "
-                f"requests), above the baseline {baseline_of(params):g} + tolerance {float(params['tolerance']):g}"
-            )
-    elif rate.state == "not_configured":
-        poll.unchecked.append(
-            "the 5xx ratio was not checked: no Prometheus is configured for this environment (rollback_prometheus_url); "
-            "look at the application's error rate on your dashboards"
-        )
-    elif rate.state == "no_series":
-        poll.unchecked.append(
-            f"the 5xx ratio was not checked: Prometheus at {url} has no series for {queries['requests']} (a renamed "
-            "metric, a wrong job or label, or instances not scraped); compare the environment's metrics preset "
-            "with the application's /metrics and Prometheus' targets"
-        )
-    elif rate.state == "too_few_requests":
-        poll.unchecked.append(
-            f"the 5xx ratio was not checked: only {rate.requests:.0f} request(s) in the last {window}, fewer than the "
-            f"minimum {minimum:g} to judge a ratio (no traffic?); check that traffic reaches the instances, "
-            "then judge the error rate by hand"
-        )
-    elif rate.state == "refused":
-        poll.unchecked.append(
-            f"the 5xx ratio was not checked: Prometheus at {url} refused the query ({rate.detail}); fix the "
-            "environment's metrics preset (rollback_metrics_*)"
-        )
-    else:
-        poll.unchecked.append(
-            f"the 5xx ratio was not checked: Prometheus at {url} did not answer ({rate.detail}); look at the "
-            "application's error rate by other means"
-        )
+        label = f"instance {instance.url}"
+        if instance.healthy:
+            poll.checks.append(Check(label, "verified", f"{label} is healthy ({instance.detail})"))
+        else:
+            poll.checks.append(Check(label, "failed", f"{label} is unhealthy ({instance.detail})"))
+    poll.checks.append(_rate_check(rate, params, queries))
     return poll
+
+
+def _rate_check(rate: RateObservation, params: dict, queries: dict[str, str]) -> Check:
+    name, window, minimum = "5xx ratio", params["window"], float(params["min_requests"])
+    url = HttpClient.safe_url(params.get("prometheus_url") or "")
+    limit = f"the baseline {baseline_of(params):g} + tolerance {float(params['tolerance']):g}"
+    if rate.state == "ok":
+        seen = f"{rate.ratio:.4f} over the last {window} ({rate.errors:.0f} of {rate.requests:.0f} requests)"
+        if rate.ratio > limit_of(params):
+            return Check(name, "failed", f"the 5xx ratio is {seen}, above {limit}")
+        return Check(name, "verified", f"the 5xx ratio is {seen}, within {limit}")
+    gaps = {
+        "not_configured": "no Prometheus is configured for this environment (rollback_prometheus_url); look at the "
+        "application's error rate on your dashboards",
+        "no_series": f"Prometheus at {url} has no series for {queries['requests']} (a renamed metric, a wrong job "
+        "or label, or instances not scraped); compare the environment's metrics preset with the application's "
+        "/metrics and Prometheus' targets",
+        "too_few_requests": f"only {(rate.requests or 0):.0f} request(s) in the last {window}, fewer than the "
+        f"minimum {minimum:g} to judge a ratio (no traffic?); check that traffic reaches the instances, then "
+        "judge the error rate by hand",
+        "refused": f"Prometheus at {url} refused the query ({rate.detail}); fix the environment's metrics preset "
+        "(rollback_app_contract)",
+    }
+    why = gaps.get(
+        rate.state,
+        f"Prometheus at {url} did not answer ({rate.detail}); look at the application's error rate by other means",
+    )
+    return Check(name, "inconclusive", f"the 5xx ratio was not checked: {why}")
 
 
 def baseline_of(params: dict) -> float:
@@ -376,6 +466,8 @@ def run_app_verify(
         warnings.append(
             "No 5xx baseline was recorded before the deployment: the ratio is compared with 0 + the tolerance."
         )
+    read_back = static_checks(params)
+    read_back_failed = any(c.verdict == "failed" for c in read_back)
     started = clock()
     deadline = started + (0.0 if check_mode else float(params["wait"]))
     polls = 0
@@ -384,8 +476,9 @@ def run_app_verify(
         health = check_health(params["health_urls"], params["health"] or {}, make_client)
         rate = measure_error_rate(params, queries, prometheus)
         poll = judge(health, rate, params, queries)
-        if poll.verdict == "verified":
-            break
+        poll.checks[:0] = read_back
+        if poll.verdict == "verified" or read_back_failed:
+            break  # verified, or failed whatever the application does
         if (rate.final or not params["health_urls"]) and not poll.problems:
             break  # waiting cannot make it verified, and nothing seen may yet recover
         if clock() + float(params["interval"]) > deadline:
@@ -396,6 +489,7 @@ def run_app_verify(
         "changed": False,
         "verdict": poll.verdict,
         "msg": _message(poll, params, elapsed),
+        "checks": [c.as_dict() for c in poll.checks],
         "problems": poll.problems,
         "unchecked": poll.unchecked,
         "instances": [h.as_dict() for h in poll.health],
@@ -411,7 +505,8 @@ def _message(poll: Poll, params: dict, elapsed: float) -> str:
     if poll.verdict == "verified":
         rate = poll.rate
         return (
-            f"Verified: {len(poll.health)} instance(s) healthy; the 5xx ratio {rate.ratio:.4f} over the last "
+            f"Verified: {'flag off, schema as recorded before the deployment, ' if _read_back(params) else ''}"
+            f"{len(poll.health)} instance(s) healthy; the 5xx ratio {rate.ratio:.4f} over the last "
             f"{params['window']} ({rate.errors:.0f} of {rate.requests:.0f} requests) is within the baseline "
             f"{baseline_of(params):g} + tolerance {float(params['tolerance']):g}."
         )
@@ -419,6 +514,10 @@ def _message(poll: Poll, params: dict, elapsed: float) -> str:
         also = f"; also not checked: {'; '.join(poll.unchecked)}" if poll.unchecked else ""
         return f"Verification failed after {elapsed:.0f} s: {'; '.join(poll.problems)}{also}."
     return f"Verification inconclusive after {elapsed:.0f} s: {'; '.join(poll.unchecked)}."
+
+
+def _read_back(params: dict) -> bool:
+    return params.get("flag") is not None and bool(params.get("databases"))
 
 
 def _baseline(params: dict, queries: dict[str, str], prometheus: HttpClient | None, warnings: list[str]) -> dict:

@@ -15,6 +15,15 @@ def app_verify_spec() -> dict:
     return {
         "argument_spec": {
             "mode": {"type": "str", "choices": list(MODES), "default": "verify"},
+            # -- what the rollback read back (judged once, not polled) -------------------------------
+            "flag": {
+                "type": "dict",
+                "options": {"state": {"type": "str"}, "error": {"type": "str"}},
+            },
+            "databases": {"type": "list", "elements": "dict", "default": []},
+            "databases_error": {"type": "str"},
+            "rollback_points": {"type": "dict", "default": {}},
+            "target_revision": {"type": "str"},
             # -- the instances' health endpoints ---------------------------------------------------
             "health_urls": {"type": "list", "elements": "str", "default": []},
             "health": {

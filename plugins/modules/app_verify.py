@@ -8,8 +8,9 @@ DOCUMENTATION = r"""
 module: app_verify
 short_description: Verify the application after a rollback, with a verdict that never mistakes missing data for health
 description:
-  - Polls every application instance's health endpoint and asks Prometheus for the requests and the 5xx
-    responses of the last I(window), until every instance is healthy and the 5xx ratio is at most
+  - Judges, once, what the rollback read back (the flag's state, each database's revision and schema
+    fingerprint), then polls every application instance's health endpoint and asks Prometheus for the
+    requests and the 5xx responses of the last I(window), until every instance is healthy and the 5xx ratio is at most
     I(baseline) + I(tolerance) over at least I(min_requests) requests, or I(wait) seconds have passed.
   - 'Returns a I(verdict) of three values: C(verified) (everything checked and within the limits),
     C(failed) (at the end of the wait an instance is unhealthy or the ratio is above the limit), or
@@ -40,6 +41,37 @@ options:
     type: str
     choices: [verify, baseline]
     default: verify
+  flag:
+    description:
+      - The flag as read back after the rollback (C(state), or C(error) when it could not be read). A state other
+        than C(disabled) is C(failed); an error is C(inconclusive). Omitted, the flag is not part of the verdict.
+    type: dict
+    suboptions:
+      state:
+        description: The state read, e.g. C(disabled).
+        type: str
+      error:
+        description: Why it could not be read.
+        type: str
+  databases:
+    description:
+      - Each database as C(schema_state) read it after the rollback (C(name), C(revision), C(fingerprint), or
+        C(failed) and C(msg)). A revision other than I(target_revision), or a fingerprint other than the one of
+        its rollback point, is C(failed); a database that could not be read, or without a recorded fingerprint
+        to compare with, is C(inconclusive).
+    type: list
+    elements: dict
+    default: []
+  databases_error:
+    description: Why the databases could not be read at all (then the schema is C(inconclusive)).
+    type: str
+  rollback_points:
+    description: Database name to the rollback point recorded before the deployment (C(revision), C(fingerprint)).
+    type: dict
+    default: {}
+  target_revision:
+    description: The revision every database must be at.
+    type: str
   health_urls:
     description: The health endpoint of every application instance, e.g. C(https://app-1.example.com/healthz).
     type: list
@@ -186,6 +218,21 @@ msg:
   returned: always
   type: str
   sample: "Verification inconclusive after 120 s: the 5xx ratio was not checked: only 3 request(s) in the last 1m, ..."
+checks:
+  description: Each thing verified, with its own verdict (the flag, each database, each instance, the 5xx ratio).
+  returned: mode verify
+  type: list
+  elements: dict
+  contains:
+    name:
+      description: What was checked, e.g. C(flag), C(database prod-eu), C(instance https://app-1/healthz), C(5xx ratio).
+      type: str
+    verdict:
+      description: C(verified), C(failed) or C(inconclusive).
+      type: str
+    detail:
+      description: What was seen, or what could not be checked and what to look at instead.
+      type: str
 problems:
   description: What was seen wrong at the last poll (unhealthy instances, a ratio above the limit).
   returned: mode verify
