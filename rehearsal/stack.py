@@ -47,6 +47,7 @@ APPS = ("app-1", "app-2")
 # The documented default ports (`rehearsal up` without --ports auto); tests always use auto.
 DEFAULT_PORTS = {
     "postgres": 55432,
+    "postgres_tls": 55433,  # the TLS front (rehearsal.pgtls): what the playbook connects to
     "unleash": 54242,
     "app-1": 58081,
     "app-2": 58082,
@@ -107,7 +108,9 @@ class Stack:
         self.state_file = self.run_dir / "state.json"
         self.secrets_file = self.run_dir / "secrets.json"
         ports = self.ports if self.exists() else {}
-        self.cluster = PostgresCluster(self.run_dir / "postgres", port=ports.get("postgres", 0))
+        self.cluster = PostgresCluster(
+            self.run_dir / "postgres", port=ports.get("postgres", 0), tls_port=ports.get("postgres_tls", 0)
+        )
         self.unleash = UnleashServer(self.run_dir / "unleash", port=ports.get("unleash", 0))
 
     # -- recorded state ------------------------------------------------------------------------
@@ -268,8 +271,11 @@ class Stack:
             state = {"ports": chosen, "tenants": [], "refresh_interval": DEFAULT_REFRESH_INTERVAL}
         if refresh_interval is not None:
             state["refresh_interval"] = float(refresh_interval)
+        if "postgres_tls" not in state["ports"]:  # a run folder from before the TLS front
+            state["ports"]["postgres_tls"] = free_port(HOST)
         self._save_state(state)
         self.cluster.port = state["ports"]["postgres"]
+        self.cluster.tls_port = state["ports"]["postgres_tls"]
         self.unleash.port = state["ports"]["unleash"]
         return state
 
@@ -287,9 +293,10 @@ class Stack:
     def _up_postgres(self) -> float:
         began = time.monotonic()
         self._postgres_reachable()
-        if self.cluster.is_running():
-            return 0.0
         try:
+            if self.cluster.is_running():
+                self.cluster.start_tls()
+                return 0.0
             self.cluster.start()
         except PostgresError as exc:
             raise StackError("postgres", str(exc).splitlines()[0], self.cluster.log_tail()) from exc
@@ -403,7 +410,7 @@ class Stack:
         self._postgres_reachable()
         if self.cluster.is_running():
             stopped.append("postgres")
-            self.cluster.stop()
+        self.cluster.stop()  # also its TLS front
         leftovers = self.leftover_processes()
         if leftovers:
             # Services of this run folder that no pid file knew of (a crashed `up`): stop them, then insist.
@@ -441,7 +448,7 @@ class Stack:
             "postgres": {
                 "pid": self.cluster.pid() if self.cluster.is_running() else None,
                 "healthy": probe(lambda: self.cluster.execute("SELECT 1")),
-                "address": f"{HOST}:{ports['postgres']}",
+                "address": f"{HOST}:{ports['postgres']} (TLS {HOST}:{ports.get('postgres_tls')})",
             },
             "unleash": {
                 "pid": self.unleash.pid() if self.unleash.is_running() else None,
@@ -470,7 +477,9 @@ class Stack:
     def env(self) -> dict[str, str]:
         """The connection details: the single contract the playbook (env=local) and the tests read."""
         ports, passwords = self.ports, self.secrets
-        migrator_dsn = self.cluster.dsn(appdb.APP_DB, user=appdb.MIGRATOR, password=passwords[appdb.MIGRATOR])
+        # The runbook reaches the database as production does: TLS verified against the stack's test CA
+        # (sslmode=verify-full), and no password in any DSN (libpq takes it from PGPASSWORD).
+        migrator_dsn = self.cluster.tls_dsn(appdb.APP_DB, user=appdb.MIGRATOR)
         return {
             "FF_PROVIDER": "unleash",
             "FF_API_URL": self.url("unleash"),
@@ -479,7 +488,9 @@ class Stack:
             "FF_ENVIRONMENT": ENVIRONMENT,
             "FF_FLAG": FLAG,
             "ROLLBACK_DB_HOST": HOST,
-            "ROLLBACK_DB_PORT": str(ports["postgres"]),
+            "ROLLBACK_DB_PORT": str(ports["postgres_tls"]),
+            "ROLLBACK_DB_SSLMODE": "verify-full",
+            "ROLLBACK_DB_SSLROOTCERT": str(self.cluster.ca_file),
             "ROLLBACK_DB_NAME": appdb.APP_DB,
             "ROLLBACK_DB_USER": appdb.MIGRATOR,
             "PGPASSWORD": passwords[appdb.MIGRATOR],
@@ -502,8 +513,8 @@ class Stack:
 
     # -- helpers for tests, molecule and benchmarks ---------------------------------------------
     def dsn(self, dbname: str = appdb.APP_DB, role: str = appdb.MIGRATOR) -> str:
-        """A libpq URI as `migrator` or `app_rw` (a secret: never print it)."""
-        return self.cluster.dsn(dbname, user=role, password=self.secrets[role])
+        """A libpq URI as `migrator` or `app_rw` on the plain port, without a password (the cluster's passfile)."""
+        return self.cluster.dsn(dbname, user=role)
 
     def set_flag(self, enabled: bool) -> None:
         self.unleash.set_flag(enabled, FLAG, PROJECT, ENVIRONMENT)

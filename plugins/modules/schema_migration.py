@@ -157,6 +157,16 @@ options:
     description: Seconds to wait for a connection.
     type: int
     default: 10
+  require_verified_tls:
+    description:
+      - Refuse, before contacting anything, a connection that would not verify the server, and any session that
+        is not TLS with C(sslmode=verify-full) after connecting. Verifying needs C(sslmode=verify-full) (in the
+        DSN, else C(PGSSLMODE)) and the CA's PEM file (C(sslrootcert), C(PGSSLROOTCERT), C(~/.postgresql/root.crt),
+        or C(system)); a Unix socket is refused. The rollback sets it for the inventory's production-like
+        environments.
+      - Whatever this says, a DSN that carries a password is always refused (give it in C(PGPASSWORD) or C(~/.pgpass)).
+    type: bool
+    default: false
 notes:
   - "The exact SQL is what alembic renders offline for the range; it covers the migrations, not the
     archive copies (whose table names carry the run id) nor the C(SET LOCAL) statements."
@@ -335,6 +345,7 @@ JOB_OPTIONS = (
     "archive",
     "application_name",
     "connect_timeout",
+    "require_verified_tls",
 )
 
 
