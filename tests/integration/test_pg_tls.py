@@ -130,7 +130,7 @@ def test_the_modules_pass_the_requirement_to_every_connection(password_env, app_
 
 
 def test_the_schema_revert_passes_the_requirement_too(password_env, app_db):
-    """schema_migration's logic (revert_database), in check mode: refused on sslmode=disable, planned over verify-full."""
+    """schema_migration's logic (revert_database), check mode: refused on sslmode=disable, planned on verify-full."""
     refused = revert(app_db, dsn=tls_dsn(password_env, app_db.name, sslmode="disable"), require_verified_tls=True)
     assert refused["failed"] and "sslmode is disable" in refused["msg"]
     planned = revert(app_db, dsn=tls_dsn(password_env, app_db.name), require_verified_tls=True, check_mode=True)
