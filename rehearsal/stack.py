@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import secrets
+import signal
 import socket
 import sys
 import time
@@ -44,6 +45,9 @@ DEFAULT_RUN_DIR = ROOT / ".run" / "rehearsal"
 HOST = "127.0.0.1"
 FLAG, PROJECT, ENVIRONMENT = "DataTransformationFeature", "default", "production"
 APPS = ("app-1", "app-2")
+# On demand (start_aspnetcore_app): one more instance exporting ASP.NET Core 8's metric names through
+# OpenTelemetry's Prometheus exporter, scraped as its own job, for the `aspnetcore` metrics preset.
+ASPNETCORE_APP, ASPNETCORE_JOB = "app-aspnetcore", "transformation-engine-aspnetcore"
 # The documented default ports (`rehearsal up` without --ports auto); tests always use auto.
 DEFAULT_PORTS = {
     "postgres": 55432,
@@ -241,6 +245,8 @@ class Stack:
                 APPS, pool.map(lambda n: self._up_app(n, timeout, restart_apps), APPS), strict=True
             ):
                 timings[name] = seconds
+        if ASPNETCORE_APP in state["ports"]:
+            timings[ASPNETCORE_APP] = self._up_app(ASPNETCORE_APP, timeout, restart_apps, metrics_style="aspnetcore")
         state["running_refresh_interval"] = state["refresh_interval"]
         self._save_state(state)
 
@@ -337,9 +343,39 @@ class Stack:
 
     def _up_prometheus(self, timeout: float) -> float:
         config = self.run_dir / "prometheus" / "prometheus.yml"
-        prometheus.write_config(config, {name: f"{HOST}:{self.ports[name]}" for name in APPS})
+        prometheus.write_config(
+            config, {name: f"{HOST}:{self.ports[name]}" for name in APPS}, self._prometheus_extra_jobs()
+        )
         argv = prometheus.argv(config, self.run_dir / "prometheus" / "data", HOST, self.ports["prometheus"])
         return self._start("prometheus", argv, lambda: _http_ok(self.url("prometheus") + "/-/ready"), timeout)
+
+    def _prometheus_extra_jobs(self) -> dict[str, dict[str, str]]:
+        if ASPNETCORE_APP not in self.ports:
+            return {}
+        return {ASPNETCORE_JOB: {ASPNETCORE_APP: f"{HOST}:{self.ports[ASPNETCORE_APP]}"}}
+
+    def start_aspnetcore_app(self, timeout: float = 60) -> str:
+        """Start (once) the instance with ASP.NET Core's metric names, have Prometheus scrape it; its URL."""
+        with self._exclusive():
+            state = self.state
+            if ASPNETCORE_APP not in state["ports"]:
+                state["ports"][ASPNETCORE_APP] = free_port(HOST)
+                self._save_state(state)
+            self._up_app(ASPNETCORE_APP, timeout, False, metrics_style="aspnetcore")
+            config = self.run_dir / "prometheus" / "prometheus.yml"
+            prometheus.write_config(
+                config, {name: f"{HOST}:{self.ports[name]}" for name in APPS}, self._prometheus_extra_jobs()
+            )
+            process = self.service("prometheus").process()
+            if process is not None:
+                process.send_signal(signal.SIGHUP)  # Prometheus reloads its configuration
+            _wait(
+                "prometheus",
+                lambda: prometheus.query(self.url("prometheus"), f'up{{job="{ASPNETCORE_JOB}"}} == 1'),
+                timeout,
+                interval=0.2,
+            )
+        return self.url(ASPNETCORE_APP)
 
     def _up_sinks(self, timeout: float) -> float:
         argv = [
@@ -365,7 +401,7 @@ class Stack:
             },
         )
 
-    def _up_app(self, name: str, timeout: float, restart: bool) -> float:
+    def _up_app(self, name: str, timeout: float, restart: bool, metrics_style: str = "rehearsal") -> float:
         if restart:
             self.service(name).stop()
         argv = [
@@ -382,6 +418,8 @@ class Stack:
             str(self.state["refresh_interval"]),
             "--cache-dir",
             str(self.run_dir / name / "unleash-cache"),
+            "--metrics-style",
+            metrics_style,
         ]
         env = {
             "TE_DB_DSN": self.cluster.dsn(appdb.APP_DB, user=appdb.APP_RW, password=self.secrets[appdb.APP_RW]),
@@ -399,7 +437,7 @@ class Stack:
 
     def _down(self, timeout: float) -> list[str]:
         stopped = []
-        for name in (*APPS, "prometheus", "sinks"):
+        for name in (*APPS, ASPNETCORE_APP, "prometheus", "sinks"):
             service = self.service(name)
             if service.is_running():
                 stopped.append(name)

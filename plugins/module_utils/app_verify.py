@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ansible.module_utils.http_client import HttpClient, HttpError, HttpGaveUp, server_message
-from ansible.module_utils.verify_options import MODES
+from ansible.module_utils.verify_options import MODES, app_verify_spec
 
 # Optional: a Prometheus behind an authenticating proxy. The variable's name, not a secret.
 PROMETHEUS_TOKEN_ENV = "PROMETHEUS_BEARER_TOKEN"  # noqa: S105
@@ -444,12 +444,17 @@ def _clients(params: dict):
     return make, prometheus
 
 
+def _defaults() -> dict:
+    """Every option's default from the spec (callers in Python may give only what they change)."""
+    return {name: option.get("default") for name, option in app_verify_spec()["argument_spec"].items()}
+
+
 def run_app_verify(
     params: dict, check_mode: bool = False, diff: bool = False, *, clock=time.monotonic, sleep=time.sleep
 ) -> dict:
     """The verdict (mode verify) or one reading of the 5xx ratio (mode baseline). Never raises."""
     del diff  # nothing changes, so there is nothing to diff
-    params = {**{"health": {}, "health_urls": [], "mode": "verify"}, **params}
+    params = {**_defaults(), **{k: v for k, v in params.items() if v is not None}}
     try:
         validate(params)
     except VerifyConfigError as exc:
