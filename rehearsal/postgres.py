@@ -101,7 +101,7 @@ class PostgresCluster:
         if password is not None:
             auth = quote(user, safe="") + ":" + quote(password, safe="")
             return f"postgresql://{auth}@{self.host}:{self.port}/{quote(dbname, safe='')}"
-        query = f"passfile={quote(str(self.passfile), safe='')}"
+        query = f"passfile={quote(str(self.passfile), safe='/')}"  # no %: alembic.ini interpolation
         return f"postgresql://{quote(user, safe='')}@{self.host}:{self.port}/{quote(dbname, safe='')}?{query}"
 
     def _remember_password(self, user: str, password: str) -> None:
@@ -125,7 +125,7 @@ class PostgresCluster:
 
     def tls_dsn(self, dbname: str = "postgres", user: str = SUPERUSER, sslmode: str = "verify-full") -> str:
         """A libpq URI to the TLS front, without a password (libpq takes it from PGPASSWORD or a passfile)."""
-        query = f"sslmode={sslmode}&sslrootcert={quote(str(self.ca_file), safe='')}"
+        query = f"sslmode={sslmode}&sslrootcert={quote(str(self.ca_file), safe='/')}"
         return f"postgresql://{quote(user, safe='')}@{self.host}:{self.tls_port}/{quote(dbname, safe='')}?{query}"
 
     def admin_dsn(self, dbname: str = "postgres") -> str:
