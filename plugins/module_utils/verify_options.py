@@ -58,5 +58,4 @@ def app_verify_spec() -> dict:
             "ca_path": {"type": "path"},
         },
         "required_together": [("requests_query", "errors_query")],
-        "supports_check_mode": True,
     }

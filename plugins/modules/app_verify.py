@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: (c) 2026, the emergency rollback runbook's authors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: the verification's verdict (instances healthy, 5xx ratio back at its baseline)."""
 
 from __future__ import annotations
@@ -28,13 +30,14 @@ description:
   - Never changes anything, so C(changed) is always false.
 version_added: "0.2.0"
 author:
-  - Emergency rollback runbook (SEQ-OF-004)
+  - Emergency rollback runbook team (@emergency-rollback)
 attributes:
   check_mode:
     support: full
     description: Polls once and returns the verdict of that poll, without waiting.
   diff_mode:
     support: none
+    description: Changes nothing, so there is nothing to diff.
 options:
   mode:
     description: C(verify) returns the verdict; C(baseline) reads the 5xx ratio once, to record before a deployment.
@@ -321,27 +324,22 @@ elapsed_seconds:
   type: float
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.runbook_plugin import Plugin
 from ansible.module_utils.verify_options import app_verify_spec
 
 try:
     from ansible.module_utils.app_verify import run_app_verify
-
+except ImportError as exc:  # requests is missing on the controller
+    run_app_verify, IMPORT_ERROR = None, exc
+else:
     IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover - requests is missing
-    IMPORT_ERROR = exc
+
+# The plugin, once: this module's main() and the action plugins/action/app_verify.py both run it.
+PLUGIN = Plugin("app_verify", app_verify_spec, run_app_verify, requires="requests", import_error=IMPORT_ERROR)
 
 
 def main() -> None:
-    module = AnsibleModule(**app_verify_spec())
-    if IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("requests"), exception=str(IMPORT_ERROR))
-    result = run_app_verify(module.params, check_mode=module.check_mode)
-    for warning in result.pop("warnings", []):
-        module.warn(warning)
-    if result.get("failed"):
-        module.fail_json(**{k: v for k, v in result.items() if k != "failed"})
-    module.exit_json(**result)
+    PLUGIN.main()
 
 
 if __name__ == "__main__":
