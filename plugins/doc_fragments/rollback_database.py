@@ -9,7 +9,7 @@ options:
   dsn:
     description:
       - libpq connection URI of the application database, e.g. C(postgresql://migrator@db:5432/app).
-        Never with a password in it (refused): libpq takes it from C(PGPASSWORD) or C(~/.pgpass).
+        Never with a password in it (such a DSN is refused); libpq takes it from C(PGPASSWORD) or C(~/.pgpass).
       - Falls back to the environment variable C(ROLLBACK_DB_DSN). Mutually exclusive with O(databases).
       - Connect as the owner of the application tables (the C(migrator) role), not the app's DML role.
     type: str

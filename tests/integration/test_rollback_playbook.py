@@ -146,14 +146,14 @@ def test_rollback_reverts_verifies_notifies_and_audits(deployed, playbook):
     assert revision(stack) == LEGACY
     assert stack.transform("app-2", external_ref="after-rollback").json()["path"] == "legacy"
     # Nothing the feature wrote is lost: the jobs are in the archive.
+    # This run's archive: the newest of the manifest (other tests of the session archived theirs too).
     archived = query(
         stack,
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = 'rollback_archive' AND c.relname LIKE %s",
-        ("%transformation_jobs",),
+        "SELECT archive_table FROM rollback_archive.manifest WHERE source_table = 'transformation_jobs' "
+        "AND source_column IS NULL ORDER BY archived_at DESC LIMIT 1",
     )
     assert archived, "the feature's rows were not archived"
-    archived_rows = query(stack, f'SELECT count(*) FROM rollback_archive."{archived[-1][0]}"')[0][0]  # noqa: S608
+    archived_rows = query(stack, f'SELECT count(*) FROM rollback_archive."{archived[0][0]}"')[0][0]  # noqa: S608
     assert archived_rows == new_path_writes(stack)
 
     record = end_record(run)
