@@ -32,7 +32,7 @@ def app_verify_spec() -> dict:
                 "apply_defaults": True,
                 "options": {
                     "status_codes": {"type": "list", "elements": "int", "default": [200]},
-                    "json_key": {"type": "str"},
+                    "json_key": {"type": "str", "no_log": False},  # a field name, not a secret
                     "json_value": {"type": "str"},
                     "text": {"type": "str"},
                 },
