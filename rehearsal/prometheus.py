@@ -56,9 +56,9 @@ def read_targets(config: Path) -> dict[str, str]:
     return {group["labels"]["app_instance"]: group["targets"][0] for group in groups}
 
 
-def write_config(path: Path, app_targets: dict[str, str]) -> None:
-    """The scrape config: every instance (name -> host:port) each second, from the job's target file.
-    JSON is valid YAML."""
+def write_config(path: Path, app_targets: dict[str, str], extra_jobs: dict[str, dict[str, str]] | None = None) -> None:
+    """The scrape config: every instance (name -> host:port) each second, from the job's target file, and
+    `extra_jobs` (job -> instances). JSON is valid YAML."""
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
@@ -70,6 +70,17 @@ def write_config(path: Path, app_targets: dict[str, str]) -> None:
             }
         ],
     }
+    for job, targets in (extra_jobs or {}).items():
+        config["scrape_configs"].append(
+            {
+                "job_name": job,
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "static_configs": [
+                    {"targets": [address], "labels": {"app_instance": name}} for name, address in targets.items()
+                ],
+            }
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     _write_targets(path, app_targets)
     path.write_text(json.dumps(config, indent=2) + "\n")
