@@ -1,14 +1,18 @@
-"""The argument spec shared by the modules that work on the application databases.
+"""The argument specs of the modules that work on the application databases (schema_migration,
+schema_state), as AnsibleModule's keyword arguments.
 
-Kept apart from pg_session (which needs psycopg2) so that a module can still build its spec, and
-say which library is missing, on a controller without the database libraries.
+Kept apart from pg_session and the migration tools (which need psycopg2, alembic, pglast) and
+importing nothing optional, so that a module, or its action plugin, can always build its spec and
+then say which library is missing.
 """
 
 from __future__ import annotations
 
+TOOLS = ["alembic", "efcore"]
+
 
 def database_argument_spec(parallel: int) -> dict:
-    """One database (`dsn`) or many (`databases`), the script directory, and connection settings."""
+    """One database (`dsn`) or many (`databases`), the migrations, and connection settings."""
     return {
         "dsn": {"type": "str", "no_log": True},
         "databases": {
@@ -20,10 +24,53 @@ def database_argument_spec(parallel: int) -> dict:
             },
         },
         "parallel": {"type": "int", "default": parallel},
+        "tool": {"type": "str", "default": "alembic", "choices": TOOLS},
+        "config_file": {"type": "path"},
         "script_location": {"type": "path", "default": "migrations"},
         "version_locations": {"type": "list", "elements": "path"},
         "advisory_lock_wait": {"type": "float", "default": 30.0},
         "run_id": {"type": "str"},
         "application_name": {"type": "str", "default": "emergency-rollback"},
         "connect_timeout": {"type": "int", "default": 10},
+    }
+
+
+def schema_migration_spec() -> dict:
+    """schema_migration's AnsibleModule keyword arguments (check mode is supported)."""
+    spec = database_argument_spec(parallel=2)
+    spec.update(
+        revision={"type": "str", "required": True},
+        script={"type": "path"},
+        lock_timeout={"type": "float", "default": 2.0},
+        lock_attempts={"type": "int", "default": 5},
+        lock_backoff={"type": "float", "default": 0.5},
+        lock_backoff_max={"type": "float", "default": 5.0},
+        statement_timeout={"type": "float", "default": 60.0},
+        expected_sql_sha256={"type": "raw"},
+        archive={"type": "bool", "default": True},
+        accept_data_statements={"type": "list", "elements": "str", "default": []},
+    )
+    return {
+        "argument_spec": spec,
+        "mutually_exclusive": [("dsn", "databases"), ("config_file", "script")],
+        "required_if": [("tool", "efcore", ("script",))],
+    }
+
+
+def schema_state_spec() -> dict:
+    """schema_state's AnsibleModule keyword arguments (check mode is supported)."""
+    spec = database_argument_spec(parallel=4)
+    spec.update(
+        script={"type": "path"},
+        record_rollback_point={"type": "bool", "default": False},
+        error_rate_baseline={"type": "float"},
+        recorded_by={"type": "str"},
+        note={"type": "str"},
+        include_objects={"type": "bool", "default": False},
+        fingerprint={"type": "bool", "default": True},
+    )
+    return {
+        "argument_spec": spec,
+        "mutually_exclusive": [("dsn", "databases")],
+        "required_if": [("record_rollback_point", True, ("recorded_by",))],
     }

@@ -8,35 +8,54 @@ DOCUMENTATION = r"""
 module: schema_migration
 short_description: Revert an application database to a rollback point with alembic down migrations
 description:
-  - Steps 4 and 5 of the emergency rollback. Runs alembic's downgrade through its Python API (never
-    a shell command) from the database's current revision to I(revision), for one database (I(dsn))
-    or many (I(databases)), each in ONE PostgreSQL transaction.
-  - "Order on each database: connect (C(application_name) set); read C(alembic_version); take the
-    runbook's session advisory lock (one constant key, see I(advisory_lock_wait)), waiting at most
-    I(advisory_lock_wait) seconds; read the revision again, so a run that waited for another finds
-    nothing to do; check the target and the plan; then attempts of: C(BEGIN), C(SET LOCAL lock_timeout)
-    and C(statement_timeout), the archive copies and the downgrade, C(COMMIT)."
+  - Steps 4 and 5 of the emergency rollback. Reverts an application database to a rollback point,
+    for one database (I(dsn)) or many (I(databases)), each in ONE PostgreSQL transaction, from the
+    migrations of any alembic project (alembic's downgrade through its Python API, never a shell
+    command) or from an EF Core down script (I(tool=efcore)).
+  - "Order on each database: connect (C(application_name) set); read the current revision (alembic's
+    version table, or EF Core's C(__EFMigrationsHistory)); take the runbook's session advisory lock
+    (one constant key, see I(advisory_lock_wait)), waiting at most I(advisory_lock_wait) seconds; read
+    the revision again, so a run that waited for another finds nothing to do; check the target and
+    the plan; then attempts of: C(BEGIN), C(SET LOCAL lock_timeout) and C(statement_timeout), the
+    downgrade with the archive copies, the reconciliation, C(COMMIT)."
   - A lock timeout (or deadlock) rolls the attempt back and retries after an exponential, jittered
     backoff, at most I(lock_attempts) times; every attempt has its lock timeout, so live queries
     never wait behind the module for longer than I(lock_timeout). When all attempts time out the
-    module fails and names the blocking sessions (pid, state, role, application_name, query start
-    and the first 200 characters of the query, from C(pg_blocking_pids)).
-  - "Archive (I(archive=true)): just before a statement drops a table or a column that holds rows,
-    in the same transaction, the table is locked and the rows are copied into
-    C(rollback_archive.\"<run_id>__<table>[__<column>]\") (a column with the table's primary key),
-    listed in C(rollback_archive.manifest). The schema is revoked from PUBLIC and every other
-    grantee: only the migration role (its owner) reads it. A failed downgrade leaves no archive."
-  - "Refuses, changing nothing, with one sentence: a target that is not an ancestor of the current
-    revision (an upgrade or another branch), an unknown or relative revision, a database without
-    C(alembic_version), a symbolic target with multiple heads or a database on several branches,
-    a plan whose sha256 differs from I(expected_sql_sha256), a DSN that does not connect (the
-    message never contains the password)."
+    module fails and names the blocking sessions (from C(pg_blocking_pids)).
+  - "What a statement does to data is read with PostgreSQL's own parser (pglast), in every statement:
+    the SQL the plan renders, and every statement the apply executes, multi-statement strings, any
+    case, whitespace and comments, quoted and schema-qualified names included. The same code decides
+    for the plan and the apply."
+  - "Archive (I(archive=true)): just before a statement removes rows, in the same transaction, the
+    source is locked and the rows are copied into C(rollback_archive.\"<run_id>__<table>[__<column>]\")
+    and listed in C(rollback_archive.manifest): tables, materialized views and columns dropped (with
+    what C(CASCADE) takes, resolved from C(pg_depend): dependent tables, matviews and columns, not
+    views; the tables of a dropped schema), tables truncated, the rows a C(DELETE ... WHERE) removes,
+    the old values an C(UPDATE ... WHERE) or a column type change rewrites. The schema is revoked from
+    PUBLIC and every other grantee: only the migration role (its owner) reads it."
+  - "Before C(COMMIT) the module compares what was archived with what the plan promised (tables,
+    columns, actions), PostgreSQL's catalog before and after (every table and column gone must have
+    been archived on its way out), the transaction's statistics (rows deleted and updated per table,
+    tables emptied or rewritten) and the archive's row counts with its manifest; any difference rolls
+    the transaction back and fails, naming it. A failed downgrade leaves no archive."
+  - "Refused in the plan (check mode) and before any statement runs, naming the statement: a statement
+    that removes or rewrites rows the archive cannot follow (a C(DO) block, C(CALL), C(MERGE), a call of a
+    volatile function that may write, a C(DELETE) whose foreign keys cascade, a data-modifying C(WITH),
+    anything the parser does not know to keep rows), unless I(accept_data_statements) accepts exactly
+    that statement for that revision; a statement that ends the transaction (C(COMMIT))."
+  - "Refuses, changing nothing, with one sentence: a target that is not below the current revision
+    (an upgrade or another branch), an unknown or relative revision, a database without a version
+    table, a symbolic target with multiple heads or a database on several branches, a plan whose
+    sha256 differs from I(expected_sql_sha256), a DSN that does not connect (the message never
+    contains the password), an alembic C(env.py) that ignores the module's connection (see
+    I(config_file)), an EF Core script that is not the down script from the database's migration to
+    I(revision)."
   - Already at the target, nothing is executed and C(changed) is false.
   - "With I(databases), each database is reverted in its own worker process (alembic's C(op) and
     C(context) are process-wide), with its own advisory lock and transaction; the module finishes
     every database, then fails if any failed, naming which."
-  - "Runs on the controller (C(ansible_connection: local)); needs alembic, SQLAlchemy and psycopg2
-    in the interpreter that runs it."
+  - "Runs on the controller (C(ansible_connection: local)); needs alembic, SQLAlchemy, psycopg2 and
+    pglast in the interpreter that runs it."
 version_added: "0.1.0"
 author:
   - Emergency rollback runbook (SEQ-OF-004)
@@ -45,9 +64,12 @@ attributes:
     support: full
     description: >-
       Returns the plan and changes nothing: C(from_revision), C(to_revision), C(steps), the exact SQL
-      (C(sql), rendered by alembic's offline mode) and its C(sql_sha256), and C(drops), every table and
-      column the downgrade drops with its current row count. Takes no lock but the read locks of
-      the counts, bounded by I(lock_timeout) and I(statement_timeout).
+      (C(sql): alembic's offline rendering, or the EF Core script) and its C(sql_sha256), C(drops), every
+      table, materialized view and column the downgrade removes and every row it deletes or rewrites,
+      with its current row count, and C(data_statements). Fails, listing them, when a statement is
+      refused. Takes no lock but the read locks of the counts, bounded by I(lock_timeout) and
+      I(statement_timeout). Needs no credentials of the alembic project: its C(sqlalchemy.url) is
+      replaced by a bare C(postgresql://) for the offline rendering.
   diff_mode:
     support: none
 options:
@@ -79,12 +101,45 @@ options:
         1 runs them one after the other in the module's process.
     type: int
     default: 2
+  tool:
+    description:
+      - The migration tool that manages the database. C(alembic) reverts with the alembic project's
+        down migrations (I(config_file) or I(script_location)); C(efcore) applies an EF Core down
+        script (I(script)).
+    type: str
+    choices: [alembic, efcore]
+    default: alembic
+  config_file:
+    description:
+      - "alembic: the project's configuration, an C(alembic.ini) or a C(pyproject.toml) with C([tool.alembic])
+        (alembic 1.16+); C(script_location), C(version_locations), C(prepend_sys_path) and the other
+        main options are read from it, relative paths from the file's directory. An C(alembic.ini)
+        next to a C(pyproject.toml) is read with it, as the C(pyproject) template splits them. Its
+        C(sqlalchemy.url) is never used: the database is I(dsn)."
+      - "The project's C(env.py) must run the migrations on the connection the module hands it,
+        C(config.attributes[\"connection\"]) (alembic's cookbook, \"Sharing a Connection across one
+        or more programmatic migration commands\"); the stock templates do not: apply is then refused
+        before any DDL, naming the file, with the lines to add in C(env_py_fix). Check mode works with
+        every template (generic, pyproject, async); C(multidb) is refused (one env.py for several
+        databases)."
+      - Without it, I(script_location) (and I(version_locations)) describe the project.
+    type: path
   script_location:
     description:
-      - The alembic script directory (the one with C(env.py)). A relative path is resolved from the
-        working directory of the module; roles pass an absolute path.
+      - The alembic script directory (the one with C(env.py)), when there is no I(config_file). A
+        relative path is resolved from the working directory of the module; roles pass an absolute path.
     type: path
     default: migrations
+  script:
+    description:
+      - "EF Core (I(tool=efcore)): the down script, as C(dotnet ef migrations script <Current> <Previous>)
+        emits it for PostgreSQL (Npgsql provider, EF Core 8), not idempotent (no C(--idempotent)). The
+        module reads C(__EFMigrationsHistory) for the current migration and checks that the script
+        reverts exactly from it to I(revision), from the history rows it deletes; anything else (an up
+        script, another range, a history that does not match, an idempotent script) is refused. EF's
+        own C(START TRANSACTION;)/C(COMMIT;) are stripped: the script runs in the module's one
+        transaction, under the same guards as alembic. The plan's C(sql) and C(sql_sha256) are the script's."
+    type: path
   version_locations:
     description:
       - Directories holding revision files, instead of C(<script_location>/versions). List the
@@ -94,8 +149,9 @@ options:
     elements: path
   revision:
     description:
-      - The target, the rollback point's revision id (e.g. C(0001_legacy)), C(base), or C(head)/C(heads)
-        when the script directory has exactly one head. Relative targets (C(-1)) are refused.
+      - "alembic: the target, the rollback point's revision id (e.g. C(0001_legacy)), C(base), or
+        C(head)/C(heads) when the script directory has exactly one head. Relative targets (C(-1)) are refused."
+      - "EF Core: the target MigrationId (e.g. C(20240101093000_Legacy)), or C(0) for an empty database."
     type: str
     required: true
   lock_timeout:
@@ -141,9 +197,24 @@ options:
         database missing from it is refused.
     type: raw
   archive:
-    description: Copy the rows of dropped tables and columns into C(rollback_archive) first.
+    description:
+      - Copy the rows each statement removes or rewrites into C(rollback_archive) first (see above).
+      - C(false) drops without copying (the plan still lists what goes, and statements the archive
+        cannot follow are still refused unless accepted).
     type: bool
     default: true
+  accept_data_statements:
+    description:
+      - "Statements the operator accepts although they remove or rewrite rows the archive cannot
+        preserve, each as C(<revision>:<sha256 of the statement>), exactly as the plan's refusal
+        prints it (the sha256 of the statement as PostgreSQL's parser reads it, so spacing, case and
+        comments do not matter). It holds for that statement in that revision only."
+      - "Recorded in the result (C(accepted_data_statements), and per statement in C(data_statements))
+        so the audit keeps it; what PostgreSQL saw the accepted statements do is in C(accepted_effects)."
+      - The rollback passes C(-e rollback_accept_data_statements=<revision>:<sha256>) here.
+    type: list
+    elements: str
+    default: []
   run_id:
     description:
       - Identifies the run in archive table names and the manifest (1-40 characters among letters,
@@ -162,8 +233,12 @@ notes:
     archive copies (whose table names carry the run id) nor the C(SET LOCAL) statements."
   - "For a complete blocking-session report, grant C(pg_read_all_stats) to the migration role: without
     it PostgreSQL hides the query and timestamps of other roles' sessions."
-  - "The archive sees what C(op.drop_table), C(op.drop_column) and literal C(DROP TABLE)/C(ALTER TABLE
-    ... DROP COLUMN) statements drop; a downgrade must not remove data by other means (DELETE, TRUNCATE)."
+  - "A multi-statement string (C(op.execute(\"DROP VIEW v; DROP TABLE a\"))) is run one statement at a
+    time by the module, each after its own archive copy."
+  - "A C(DELETE) or C(UPDATE) is archived when its rows can be selected first, exactly: C(DELETE FROM t
+    WHERE p) or C(UPDATE t SET ... WHERE p) where p reads no other relation and calls no volatile
+    function, and no foreign key cascades from t. The table is locked in EXCLUSIVE mode (readers go on,
+    writers wait, bounded by I(lock_timeout)) until the transaction ends."
 seealso:
   - module: schema_state
 """
@@ -236,12 +311,17 @@ sql_sha256:
   type: str
 drops:
   description:
-    - Every table and column the downgrade drops (check mode, planned; apply, done) with its rows
-      (null when not counted, i.e. I(archive=false)) and, after apply, C(archive_table).
+    - "Everything the downgrade removes or rewrites (check mode, planned; apply, done): C({schema, table,
+      column, rows, action, revision}), C(action) one of C(drop table), C(drop materialized view),
+      C(drop column), C(change column type), C(truncate), C(delete), C(update); C(rows) null when not
+      counted (I(archive=false), or an object an earlier step creates); after apply also
+      C(archive_table) and C(statement_sha256)."
   returned: always
   type: list
   elements: dict
-  sample: [{schema: public, table: documents, column: transform_version, rows: 1200}]
+  sample:
+    - {schema: public, table: documents, column: transform_version, rows: 1200, action: drop column,
+       revision: 0002_data_transformation}
 attempts:
   description: Downgrade attempts made (0 when nothing was to do).
   returned: always
@@ -266,7 +346,7 @@ duration_seconds:
 archive:
   description:
     - Where the dropped rows went, C({enabled, schema, run_id, tables, rows}); C(tables) lists
-      C({source, archive_table, rows, key_columns}). Null when nothing was applied.
+      C({source, action, archive_table, rows, key_columns}). Null when nothing was applied.
   returned: always
   type: dict
   sample:
@@ -276,9 +356,51 @@ archive:
     rows: 50
     tables:
       - source: public.transformation_jobs
+        action: drop table
         archive_table: rollback_archive."20261128T000000Z-1a2b__transformation_jobs"
         rows: 50
         key_columns: [id]
+data_statements:
+  description:
+    - "Every statement that removes or rewrites rows by other means than dropping a table or column
+      (C(DELETE), C(UPDATE), C(TRUNCATE), a column type change, C(DO), a writing function call, ...):
+      C({revision, sha256, statement, archived, accepted, reasons}). C(archived) when the archive
+      copies its rows first; C(accepted) when I(accept_data_statements) accepted it."
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - revision: 0003_cleanup
+      sha256: 3f1c2d...
+      statement: "DELETE FROM settings WHERE origin = 'feature'"
+      archived: true
+      accepted: false
+      reasons: []
+accepted_data_statements:
+  description: I(accept_data_statements) as given (sorted), for the audit.
+  returned: always
+  type: list
+  elements: str
+accepted_effects:
+  description:
+    - "After accepted statements ran, what PostgreSQL's statistics and catalog show they did beyond the
+      archive: C({table, rows_deleted, rows_updated}), or C({table, dropped}) / C({table, rewritten})."
+  returned: always
+  type: list
+  elements: dict
+tool:
+  description: The migration tool (C(alembic) or C(efcore)).
+  returned: always
+  type: str
+env_py:
+  description: The alembic C(env.py) that ignores the module's connection.
+  returned: when apply is refused for that reason
+  type: str
+env_py_fix:
+  description: The lines to add at the top of C(run_migrations_online()) in C(env_py).
+  returned: when apply is refused for that reason
+  type: list
+  elements: str
 blocking_sessions:
   description: On lock-timeout exhaustion, the sessions that blocked the last attempt.
   returned: on failure after lock timeouts
@@ -302,150 +424,22 @@ databases:
   elements: dict
 """
 
-import contextlib
-import io
-import os
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.pg_options import database_argument_spec
-
-try:
-    from ansible.module_utils.alembic_runner import (
-        HAS_ALEMBIC,
-        new_run_id,
-        revert_database,
-        revert_databases,
-    )
-    from ansible.module_utils.pg_session import DSN_ENV_VAR, HAS_PSYCOPG2
-
-    IMPORT_ERROR = None if HAS_ALEMBIC and HAS_PSYCOPG2 else "alembic, SQLAlchemy or psycopg2 is missing"
-except ImportError as exc:  # pragma: no cover
-    IMPORT_ERROR = str(exc)
-
-JOB_OPTIONS = (
-    "script_location",
-    "version_locations",
-    "revision",
-    "lock_timeout",
-    "lock_attempts",
-    "lock_backoff",
-    "lock_backoff_max",
-    "statement_timeout",
-    "advisory_lock_wait",
-    "archive",
-    "application_name",
-    "connect_timeout",
-)
-
-
-def argument_spec() -> dict:
-    spec = database_argument_spec(parallel=2)
-    spec.update(
-        revision={"type": "str", "required": True},
-        lock_timeout={"type": "float", "default": 2.0},
-        lock_attempts={"type": "int", "default": 5},
-        lock_backoff={"type": "float", "default": 0.5},
-        lock_backoff_max={"type": "float", "default": 5.0},
-        statement_timeout={"type": "float", "default": 60.0},
-        expected_sql_sha256={"type": "raw"},
-        archive={"type": "bool", "default": True},
-    )
-    return spec
-
-
-def _expected_for(expected, name: str | None):
-    """The approved sha256 for one database (None: no check); ValueError for a bad shape."""
-    if expected is None or expected == "":
-        return None
-    if isinstance(expected, str):
-        return expected
-    if isinstance(expected, dict) and name is not None:
-        if name not in expected:
-            raise ValueError(f"expected_sql_sha256 has no entry for database {name}: approve its plan too.")
-        value = expected[name]
-        # None: the approved plan had nothing to do; if there is something now, that is a change.
-        return "none (nothing to do when approved)" if value in (None, "") else str(value)
-    raise ValueError("expected_sql_sha256 must be a string (or, with databases, a dict of database name to sha256).")
-
-
-def _one_database(module: AnsibleModule, base: dict) -> None:
-    params = module.params
-    dsn = params["dsn"] or os.environ.get(DSN_ENV_VAR)
-    if dsn:
-        module.no_log_values.add(dsn)
-    try:
-        expected = _expected_for(params["expected_sql_sha256"], None)
-    except ValueError as exc:
-        module.fail_json(msg=str(exc))
-    with contextlib.redirect_stdout(io.StringIO()):
-        result = revert_database({**base, "dsn": dsn, "expected_sql_sha256": expected})
-    for key in ("name", "check_mode"):
-        result.pop(key, None)
-    if result.pop("failed"):
-        module.fail_json(**result)
-    module.exit_json(**result)
-
-
-def _many_databases(module: AnsibleModule, base: dict) -> None:
-    params = module.params
-    names = [db["name"] for db in params["databases"]]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        module.fail_json(msg=f"Database names must be unique in databases; repeated: {', '.join(duplicates)}.")
-    if not names:
-        module.fail_json(msg="databases is empty: list at least one {name, dsn}.")
-    jobs, refused = [], {}
-    for db in params["databases"]:
-        try:
-            expected = _expected_for(params["expected_sql_sha256"], db["name"])
-        except ValueError as exc:
-            refused[db["name"]] = str(exc)
-            continue
-        jobs.append({**base, "name": db["name"], "dsn": db["dsn"], "expected_sql_sha256": expected})
-    with contextlib.redirect_stdout(io.StringIO()):
-        done = {r["name"]: r for r in revert_databases(jobs, params["parallel"])} if jobs else {}
-    results = [
-        done.get(name)
-        or {"name": name, "changed": False, "failed": True, "msg": refused[name], "run_id": base["run_id"]}
-        for name in names
-    ]
-    failed = [r for r in results if r["failed"]]
-    summary = {
-        "changed": any(r["changed"] for r in results),
-        "databases": results,
-        "run_id": base["run_id"],
-        "to_revision": next((r.get("to_revision") for r in results if not r["failed"]), None),
-    }
-    if failed:
-        module.fail_json(
-            msg=f"Cannot revert {len(failed)} of {len(results)} database(s): "
-            + "; ".join(f"{r['name']}: {r['msg']}" for r in failed),
-            **summary,
-        )
-    verb = "would be reverted" if module.check_mode else "reverted"
-    module.exit_json(
-        msg=f"{sum(r['changed'] for r in results)} of {len(results)} database(s) {verb}; "
-        f"{sum(not r['changed'] for r in results)} already at the target.",
-        **summary,
-    )
+from ansible.module_utils.pg_options import schema_migration_spec
+from ansible.module_utils.schema_run import IMPORT_ERROR, REQUIRED_LIBS, env_dsn, run_schema_migration
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=argument_spec(),
-        mutually_exclusive=[("dsn", "databases")],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(**schema_migration_spec(), supports_check_mode=True)
     if IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("alembic, SQLAlchemy and psycopg2"), exception=IMPORT_ERROR)
-    if module.params["parallel"] < 1:
-        module.fail_json(msg="parallel must be at least 1.")
-    base = {key: module.params[key] for key in JOB_OPTIONS}
-    base.update(check_mode=module.check_mode, run_id=module.params["run_id"] or new_run_id())
-    if module.params["databases"] is None:
-        _one_database(module, base)
-    else:
-        _many_databases(module, base)
+        module.fail_json(msg=missing_required_lib(REQUIRED_LIBS), exception=IMPORT_ERROR)
+    dsn = env_dsn(module.params)
+    if dsn:
+        module.no_log_values.add(dsn)
+    result = run_schema_migration(module.params, check_mode=module.check_mode)
+    if result.pop("failed", False):
+        module.fail_json(**result)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

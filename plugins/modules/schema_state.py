@@ -53,12 +53,30 @@ options:
     description: Databases read at the same time with I(databases).
     type: int
     default: 4
+  tool:
+    description:
+      - "The migration tool that manages the database: C(alembic) (the revision is read from the
+        project's version table, C(heads) from its revisions) or C(efcore) (the revision is the newest
+        MigrationId of C(__EFMigrationsHistory), C(heads) the newest migration I(script) knows)."
+    type: str
+    choices: [alembic, efcore]
+    default: alembic
+  config_file:
+    description:
+      - alembic, the project's C(alembic.ini) or C(pyproject.toml) (see M(schema_migration)); without it
+        I(script_location).
+    type: path
   script_location:
     description:
-      - The alembic script directory, for C(heads). A relative path is resolved from the module's
-        working directory.
+      - The alembic script directory, for C(heads), when there is no I(config_file). A relative path is
+        resolved from the module's working directory.
     type: path
     default: migrations
+  script:
+    description:
+      - EF Core, an up or down script of C(dotnet ef migrations script) (see M(schema_migration)); C(heads)
+        is the newest migration it names. Without it C(heads) is empty.
+    type: path
   version_locations:
     description: Directories of revision files instead of C(<script_location>/versions) (see M(schema_migration)).
     type: list
@@ -136,7 +154,9 @@ changed:
   returned: always
   type: bool
 revision:
-  description: The current alembic revision (several joined with a comma; null at base or without alembic_version).
+  description:
+    - The current revision (alembic, several joined with a comma; EF Core, the newest applied MigrationId); null
+      at base or without a version table.
   returned: single database
   type: str
   sample: 0002_data_transformation
@@ -176,90 +196,22 @@ databases:
   elements: dict
 """
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.pg_options import database_argument_spec
-
-try:
-    from ansible.module_utils.alembic_runner import HAS_ALEMBIC, heads, load_script
-    from ansible.module_utils.pg_session import DSN_ENV_VAR, HAS_PSYCOPG2
-    from ansible.module_utils.schema_errors import SchemaError
-    from ansible.module_utils.schema_rollback_points import read_state, read_states
-
-    IMPORT_ERROR = None if HAS_ALEMBIC and HAS_PSYCOPG2 else "alembic, SQLAlchemy or psycopg2 is missing"
-except ImportError as exc:  # pragma: no cover
-    IMPORT_ERROR = str(exc)
-
-JOB_OPTIONS = (
-    "record_rollback_point",
-    "fingerprint",
-    "error_rate_baseline",
-    "recorded_by",
-    "run_id",
-    "note",
-    "include_objects",
-    "advisory_lock_wait",
-    "application_name",
-    "connect_timeout",
-)
-
-
-def argument_spec() -> dict:
-    spec = database_argument_spec(parallel=4)
-    spec.update(
-        record_rollback_point={"type": "bool", "default": False},
-        error_rate_baseline={"type": "float"},
-        recorded_by={"type": "str"},
-        note={"type": "str"},
-        include_objects={"type": "bool", "default": False},
-        fingerprint={"type": "bool", "default": True},
-    )
-    return spec
+from ansible.module_utils.pg_options import schema_state_spec
+from ansible.module_utils.schema_run import IMPORT_ERROR, REQUIRED_LIBS, env_dsn, run_schema_state
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=argument_spec(),
-        mutually_exclusive=[("dsn", "databases")],
-        required_if=[("record_rollback_point", True, ("recorded_by",))],
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(**schema_state_spec(), supports_check_mode=True)
     if IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("alembic, SQLAlchemy and psycopg2"), exception=IMPORT_ERROR)
-    params = module.params
-    try:
-        script_heads = heads(load_script(params["script_location"], params["version_locations"]))
-    except SchemaError as exc:
-        module.fail_json(msg=str(exc))
-    base = {key: params[key] for key in JOB_OPTIONS}
-    base["check_mode"] = module.check_mode
-
-    if params["databases"] is None:
-        dsn = params["dsn"] or os.environ.get(DSN_ENV_VAR)
-        if dsn:
-            module.no_log_values.add(dsn)
-        result = read_state({**base, "dsn": dsn})
-        result.pop("name", None)
-        result["heads"] = script_heads
-        if result.pop("failed"):
-            module.fail_json(**result)
-        module.exit_json(**result)
-
-    names = [db["name"] for db in params["databases"]]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        module.fail_json(msg=f"Database names must be unique in databases; repeated: {', '.join(duplicates)}.")
-    results = read_states([{**base, **db} for db in params["databases"]], max(1, params["parallel"]))
-    failed = [r for r in results if r["failed"]]
-    summary = {"changed": any(r["changed"] for r in results), "heads": script_heads, "databases": results}
-    if failed:
-        module.fail_json(
-            msg=f"Cannot read {len(failed)} of {len(results)} database(s): "
-            + "; ".join(f"{r['name']}: {r['msg']}" for r in failed),
-            **summary,
-        )
-    module.exit_json(**summary)
+        module.fail_json(msg=missing_required_lib(REQUIRED_LIBS), exception=IMPORT_ERROR)
+    dsn = env_dsn(module.params)
+    if dsn:
+        module.no_log_values.add(dsn)
+    result = run_schema_state(module.params, check_mode=module.check_mode)
+    if result.pop("failed", False):
+        module.fail_json(**result)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ LOCATIONS = [str(VERSIONS), str(DATA_LOSS_VERSIONS)]
 
 def _rows(db: AppDatabase, query: str) -> list[str]:
     """Rows as sorted JSON texts (comparable across tables with the same columns)."""
-    return sorted(r[0] for r in db.query(f"SELECT row_to_json(x)::text FROM ({query}) x"))
+    return sorted(r[0] for r in db.query(f"SELECT row_to_json(x)::text FROM ({query}) x"))  # noqa: S608 - constants
 
 
 def _table_counts(db: AppDatabase) -> dict[str, int]:
@@ -78,7 +78,9 @@ ARCHIVED = {
         ("public", "dl_settings", None, "delete", "SELECT * FROM dl_settings WHERE origin = 'feature'"),
     ],
     "dl_truncate": [("public", "dl_cache", None, "truncate", "SELECT * FROM dl_cache")],
-    "dl_update": [("public", "dl_profiles", None, "update", "SELECT id, mode, tuned FROM dl_profiles WHERE mode = 'v2'")],
+    "dl_update": [
+        ("public", "dl_profiles", None, "update", "SELECT id, mode, tuned FROM dl_profiles WHERE mode = 'v2'")
+    ],
 }
 
 # Shapes whose rows cannot be archived exactly: refused, naming the statement.
@@ -141,7 +143,7 @@ def test_every_row_that_leaves_is_in_the_archive(app_db, revision):
         assert len(entries) == 1, f"{schema}.{table}.{column}: {manifest}"
         archive_table, row_count = entries[0][3], entries[0][4]
         quoted = '"' + archive_table.replace('"', '""') + '"'
-        archived = _rows(app_db, f"SELECT * FROM rollback_archive.{quoted}")
+        archived = _rows(app_db, f"SELECT * FROM rollback_archive.{quoted}")  # noqa: S608 - quoted identifier
         assert archived == rows, f"{schema}.{table}.{column}: the archive differs from what left"
         assert row_count == len(rows)
     # Nothing else left: every table that held rows before and holds fewer now is accounted for.

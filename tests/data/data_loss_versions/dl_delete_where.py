@@ -10,8 +10,10 @@ depends_on = None
 
 def upgrade() -> None:
     op.execute("CREATE TABLE dl_settings (id bigint PRIMARY KEY, origin text NOT NULL, value text)")
-    op.execute("INSERT INTO dl_settings SELECT g, CASE WHEN g % 3 = 0 THEN 'feature' ELSE 'legacy' END, 'v' || g "
-               "FROM generate_series(1, 12) g")
+    op.execute(
+        "INSERT INTO dl_settings SELECT g, CASE WHEN g % 3 = 0 THEN 'feature' ELSE 'legacy' END, 'v' || g "
+        "FROM generate_series(1, 12) g"
+    )
 
 
 def downgrade() -> None:

@@ -9,8 +9,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    op.execute("CREATE MATERIALIZED VIEW dl_stage_counts AS SELECT stage::text AS stage, count(*) AS n "
-               "FROM transformation_jobs GROUP BY stage")
+    op.execute(
+        "CREATE MATERIALIZED VIEW dl_stage_counts AS SELECT stage::text AS stage, count(*) AS n "
+        "FROM transformation_jobs GROUP BY stage"
+    )
 
 
 def downgrade() -> None:

@@ -10,8 +10,10 @@ depends_on = None
 
 def upgrade() -> None:
     op.execute("CREATE TABLE dl_profiles (id bigint PRIMARY KEY, mode text NOT NULL, tuned jsonb)")
-    op.execute("INSERT INTO dl_profiles SELECT g, CASE WHEN g % 2 = 0 THEN 'v2' ELSE 'v1' END, "
-               "jsonb_build_object('k', g) FROM generate_series(1, 10) g")
+    op.execute(
+        "INSERT INTO dl_profiles SELECT g, CASE WHEN g % 2 = 0 THEN 'v2' ELSE 'v1' END, "
+        "jsonb_build_object('k', g) FROM generate_series(1, 10) g"
+    )
 
 
 def downgrade() -> None:
