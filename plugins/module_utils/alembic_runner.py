@@ -22,10 +22,7 @@ paths taken from the file's directory; or `script_location` alone. Its env.py ru
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import sys
 
 try:
     import alembic.ddl.postgresql  # noqa: F401 - loaded once, before worker processes fork
@@ -38,7 +35,7 @@ try:
 except ImportError:  # pragma: no cover - the module reports missing_required_lib
     HAS_ALEMBIC = False
 
-from ansible.module_utils.pg_session import connect
+from ansible.module_utils.pg_session import connect, redact
 from ansible.module_utils.schema_alembic import (
     BASE,
     ENV_PY_FIX,
@@ -57,9 +54,10 @@ from ansible.module_utils.schema_alembic import (
     resolve_target,
     version_table,
 )
-from ansible.module_utils.schema_errors import MigrationFailed, RefusedError, SchemaError
+from ansible.module_utils.schema_errors import MigrationFailed, RefusedError
 from ansible.module_utils.schema_revert import backoff_seconds, job_defaults, new_run_id, revert_with, validate_job
 from ansible.module_utils.sql_analysis import SqlAnalysisError, analyze
+from ansible.module_utils.worker_pool import run_jobs
 
 
 class ForeignConnection(MigrationFailed):
@@ -182,41 +180,54 @@ def revert_database(job: dict) -> dict:
 
 
 # -- many databases --------------------------------------------------------------------------------
-def _worker_init() -> None:
-    # A module's stdout is its JSON result: nothing a migration prints may reach it.
-    sys.stdout = open(os.devnull, "w")
-    # Forked from an Ansible worker (the action plugins run modules there), a child inherits its
-    # SIGTERM/SIGINT handlers, which raise: a child interrupted while it holds the pool's queue lock
-    # dies with it held and its siblings wait forever. Default handlers just end the child.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def database_budget(job: dict) -> float:
+    """Seconds one database may take before the watchdog stops its worker: `database_timeout`, else
+    the longest a healthy revert can take with the job's settings (connection, advisory lock, every
+    attempt at its statement timeout with backoff), plus a minute."""
+    if job.get("database_timeout"):
+        return float(job["database_timeout"])
+    full = {**job_defaults(), **{k: v for k, v in job.items() if v is not None}}
+    attempts = int(full["lock_attempts"])
+    per_attempt = float(full["statement_timeout"]) + float(full["lock_backoff_max"])
+    return float(full["connect_timeout"]) + float(full["advisory_lock_wait"]) + attempts * per_attempt + 60.0
 
 
-def revert_databases(jobs: list[dict], parallel: int = 2) -> list[dict]:
-    """revert_database() for every job, `parallel` worker processes at a time, results in job order.
+def _lost_database(job: dict, reason: str) -> dict:
+    """The result of a database whose worker hung or died: failed, with the state to check."""
+    return {
+        "name": job.get("name"),
+        "changed": False,
+        "failed": True,
+        "check_mode": bool(job.get("check_mode")),
+        "run_id": job.get("run_id"),
+        "to_revision": None,
+        "attempts": 0,
+        "attempt_log": [],
+        "lock_wait_seconds": 0.0,
+        "msg": redact(
+            f"Cannot tell whether the revert finished: {reason}. Its transaction was not committed by this run "
+            "unless the database now reports the target revision: read its state (status.yml) before running again.",
+            job.get("dsn"),
+        ),
+    }
 
-    Workers are forked after the script directory is loaded here, so each starts with alembic,
-    SQLAlchemy and the revisions already imported; a worker handles many databases in turn.
+
+def revert_databases(jobs: list[dict], parallel: int = 2, database_timeout: float | None = None) -> list[dict]:
+    """revert_database() for every job, at most `parallel` at a time, results in job order.
+
+    With more than one worker, each is a new interpreter (plugins/module_utils/worker_pool.py: no
+    fork of this process, whose threads' locks a forked child would inherit), with a watchdog per
+    database: a database that takes longer than its budget (`database_timeout`, or
+    database_budget()) is reported failed, and every other database is still reverted and reported.
     """
-    for job in jobs:
-        with contextlib.suppress(SchemaError):
-            load_script(job.get("script_location") or "migrations", job.get("version_locations"))
+    if database_timeout:
+        jobs = [{**job, "database_timeout": database_timeout} for job in jobs]
     workers = max(1, min(int(parallel), len(jobs)))
     if workers == 1:
         return [revert_database(job) for job in jobs]
-    import multiprocessing  # noqa: PLC0415 - only the many-databases mode needs it
-
-    pool = multiprocessing.get_context("fork").Pool(processes=workers, initializer=_worker_init)
-    try:
-        results = pool.map(revert_database, jobs, chunksize=1)
-    except BaseException:
-        pool.terminate()
-        raise
-    else:
-        pool.close()  # let the workers finish on their own: terminate() (SIGTERM) only on error
-    finally:
-        pool.join()
-    return results
+    return run_jobs(
+        "ansible.module_utils.alembic_runner:revert_database", jobs, workers, database_budget, _lost_database
+    )
 
 
 __all__ = [
@@ -227,6 +238,7 @@ __all__ = [
     "backoff_seconds",
     "check_downgrade",
     "connect",
+    "database_budget",
     "heads",
     "job_defaults",
     "load_script",

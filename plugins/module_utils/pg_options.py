@@ -1,9 +1,9 @@
-"""The argument specs of the modules that work on the application databases (schema_migration,
+"""The argument specs of the plugins that work on the application databases (schema_migration,
 schema_state), as AnsibleModule's keyword arguments.
 
 Kept apart from pg_session and the migration tools (which need psycopg2, alembic, pglast) and
-importing nothing optional, so that a module, or its action plugin, can always build its spec and
-then say which library is missing.
+importing nothing optional, so that a plugin can always build its spec and then say which library is
+missing, on a controller without the database libraries.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ TOOLS = ["alembic", "efcore"]
 
 
 def database_argument_spec(parallel: int) -> dict:
-    """One database (`dsn`) or many (`databases`), the migrations, and connection settings."""
+    """One database (`dsn`) or many (`databases`), the script directory, and connection settings."""
     return {
         "dsn": {"type": "str", "no_log": True},
         "databases": {
@@ -36,7 +36,7 @@ def database_argument_spec(parallel: int) -> dict:
 
 
 def schema_migration_spec() -> dict:
-    """schema_migration's AnsibleModule keyword arguments (check mode is supported)."""
+    """schema_migration's AnsibleModule arguments (documented in plugins/modules/schema_migration.py)."""
     spec = database_argument_spec(parallel=2)
     spec.update(
         revision={"type": "str", "required": True},
@@ -49,6 +49,7 @@ def schema_migration_spec() -> dict:
         expected_sql_sha256={"type": "raw"},
         archive={"type": "bool", "default": True},
         accept_data_statements={"type": "list", "elements": "str", "default": []},
+        database_timeout={"type": "float"},
     )
     return {
         "argument_spec": spec,
@@ -58,7 +59,7 @@ def schema_migration_spec() -> dict:
 
 
 def schema_state_spec() -> dict:
-    """schema_state's AnsibleModule keyword arguments (check mode is supported)."""
+    """schema_state's AnsibleModule arguments (documented in plugins/modules/schema_state.py)."""
     spec = database_argument_spec(parallel=4)
     spec.update(
         script={"type": "path"},

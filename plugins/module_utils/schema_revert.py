@@ -76,6 +76,7 @@ def job_defaults() -> dict:
         "expected_sql_sha256": None,
         "application_name": APPLICATION_NAME,
         "connect_timeout": 10,
+        "database_timeout": None,  # the watchdog's budget with many databases; None: database_budget()
     }
 
 

@@ -30,57 +30,18 @@ attributes:
     description: Reads everything; with I(record_rollback_point) returns C(would_record) and writes nothing.
   diff_mode:
     support: none
+extends_documentation_fragment:
+  - rollback_database
 options:
-  dsn:
-    description:
-      - libpq connection URI of the database. Falls back to the environment variable C(ROLLBACK_DB_DSN).
-        Mutually exclusive with I(databases).
-    type: str
-  databases:
-    description: Many databases in one task; results in C(databases), one entry per item, in order.
-    type: list
-    elements: dict
-    suboptions:
-      name:
-        description: How results and messages name the database (unique).
-        type: str
-        required: true
-      dsn:
-        description: libpq connection URI.
-        type: str
-        required: true
   parallel:
     description: Databases read at the same time with I(databases).
     type: int
     default: 4
-  tool:
-    description:
-      - "The migration tool that manages the database: C(alembic) (the revision is read from the
-        project's version table, C(heads) from its revisions) or C(efcore) (the revision is the newest
-        MigrationId of C(__EFMigrationsHistory), C(heads) the newest migration I(script) knows)."
-    type: str
-    choices: [alembic, efcore]
-    default: alembic
-  config_file:
-    description:
-      - alembic, the project's C(alembic.ini) or C(pyproject.toml) (see M(schema_migration)); without it
-        I(script_location).
-    type: path
-  script_location:
-    description:
-      - The alembic script directory, for C(heads), when there is no I(config_file). A relative path is
-        resolved from the module's working directory.
-    type: path
-    default: migrations
   script:
     description:
-      - EF Core, an up or down script of C(dotnet ef migrations script) (see M(schema_migration)); C(heads)
-        is the newest migration it names. Without it C(heads) is empty.
+      - EF Core (O(tool=efcore)), an up or down script of C(dotnet ef migrations script) (see
+        M(schema_migration)); RV(heads) is the newest migration it names. Without it RV(heads) is empty.
     type: path
-  version_locations:
-    description: Directories of revision files instead of C(<script_location>/versions) (see M(schema_migration)).
-    type: list
-    elements: path
   record_rollback_point:
     description: Record the current revision and fingerprint as a rollback point first.
     type: bool
@@ -107,18 +68,6 @@ options:
         for a caller that needs only the revision and the rollback point; recording always computes it.
     type: bool
     default: true
-  advisory_lock_wait:
-    description: Seconds to wait for the runbook's advisory lock when recording.
-    type: float
-    default: 30
-  application_name:
-    description: C(application_name) of the module's sessions.
-    type: str
-    default: emergency-rollback
-  connect_timeout:
-    description: Seconds to wait for a connection.
-    type: int
-    default: 10
 seealso:
   - module: schema_migration
 """
@@ -155,8 +104,8 @@ changed:
   type: bool
 revision:
   description:
-    - The current revision (alembic, several joined with a comma; EF Core, the newest applied MigrationId); null
-      at base or without a version table.
+    - The current revision (alembic, several joined with a comma; EF Core, the newest applied MigrationId);
+      null at base or without a version table.
   returned: single database
   type: str
   sample: 0002_data_transformation
@@ -166,7 +115,7 @@ revisions:
   type: list
   elements: str
 heads:
-  description: The head revision(s) of the script directory.
+  description: The head revision(s) of the alembic project; for EF Core, the newest migration O(script) names.
   returned: always
   type: list
   elements: str
@@ -196,22 +145,28 @@ databases:
   elements: dict
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 from ansible.module_utils.pg_options import schema_state_spec
-from ansible.module_utils.schema_run import IMPORT_ERROR, REQUIRED_LIBS, env_dsn, run_schema_state
+from ansible.module_utils.runbook_plugin import Plugin
+
+try:
+    from ansible.module_utils.schema_tasks import run_schema_state
+except ImportError as exc:  # alembic, SQLAlchemy or psycopg2 is missing on the controller
+    run_schema_state, IMPORT_ERROR = None, exc
+else:
+    IMPORT_ERROR = None
+
+# The plugin, once: this module's main() and the action plugins/action/schema_state.py both run it.
+PLUGIN = Plugin(
+    "schema_state",
+    schema_state_spec,
+    run_schema_state,
+    requires="alembic, SQLAlchemy, psycopg2 and pglast",
+    import_error=IMPORT_ERROR,
+)
 
 
 def main() -> None:
-    module = AnsibleModule(**schema_state_spec(), supports_check_mode=True)
-    if IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib(REQUIRED_LIBS), exception=IMPORT_ERROR)
-    dsn = env_dsn(module.params)
-    if dsn:
-        module.no_log_values.add(dsn)
-    result = run_schema_state(module.params, check_mode=module.check_mode)
-    if result.pop("failed", False):
-        module.fail_json(**result)
-    module.exit_json(**result)
+    PLUGIN.main()
 
 
 if __name__ == "__main__":

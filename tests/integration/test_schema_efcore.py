@@ -239,7 +239,7 @@ def test_two_concurrent_runs_end_with_one_change(ef_db):
 
 
 def test_schema_state_reads_an_ef_core_database_and_records_its_rollback_point(ef_db):
-    from ansible.module_utils.schema_run import run_schema_state  # noqa: PLC0415
+    from ansible.module_utils.schema_tasks import run_schema_state  # noqa: PLC0415
 
     params = {
         "dsn": ef_db.dsn,
