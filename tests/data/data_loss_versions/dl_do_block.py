@@ -15,3 +15,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("DO $$ BEGIN DELETE FROM dl_queue WHERE id > 2; END $$")
+    op.execute("DROP TABLE dl_queue")
