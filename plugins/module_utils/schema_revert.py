@@ -116,11 +116,14 @@ def validate_job(job: dict) -> dict:
     if isinstance(accepted, str):
         accepted = [a for a in re.split(r"[,\s]+", accepted) if a]
     for item in accepted:
-        if not re.match(ACCEPT_PATTERN, str(item).strip().lower()):
+        if not re.match(ACCEPT_PATTERN, str(item).strip(), re.IGNORECASE):
             raise RefusedError(
                 f"accept_data_statements entry {item!r} is not <revision>:<sha256>: copy it from the plan's refusal."
             )
-    full["accept_data_statements"] = sorted({str(a).strip() for a in accepted})
+    # The revision as written, the sha256 in lower case (as the plan prints it).
+    full["accept_data_statements"] = sorted(
+        {f"{str(a).strip().rsplit(':', 1)[0]}:{str(a).strip().rsplit(':', 1)[1].lower()}" for a in accepted}
+    )
     return full
 
 

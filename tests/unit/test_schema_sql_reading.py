@@ -228,6 +228,14 @@ def test_validate_job_refuses_values_that_cannot_work(change, message):
         validate_job({"revision": "0001_legacy", **change})
 
 
+def test_accepted_statements_are_normalised():
+    sha = "AB" * 32
+    job = validate_job(
+        {"revision": "0001_legacy", "accept_data_statements": f" 0003_Cleanup:{sha} ,0003_Cleanup:{sha}"}
+    )
+    assert job["accept_data_statements"] == [f"0003_Cleanup:{sha.lower()}"]
+
+
 def test_validate_job_fills_defaults_and_a_run_id():
     job = validate_job({"revision": "0001_legacy", "lock_timeout": None})
     assert job["lock_timeout"] == 2.0 and job["lock_attempts"] == 5 and job["archive"] is True
