@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """An alembic project, read the way the alembic command reads it, for the schema revert.
 
 `alembic_config()`/`load_script()`: the project from `config_file` (an alembic.ini, or a

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Preserving rows before they leave: the archive (step 4 of the flow).
 
 What leaves is found by sql_analysis (parsing) and schema_catalog (resolving); this module copies it.

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """What a statement's effects remove, resolved against the catalog (the database side of sql_analysis).
 
 `removals(cursor, effect)` turns one parsed effect into the data it removes or rewrites, as

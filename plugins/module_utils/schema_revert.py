@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The schema revert of one database, whatever tool wrote the migrations (alembic, EF Core).
 
 `revert_with(tools, job)` plans (check mode) or applies the downgrade of ONE database and returns a
@@ -76,6 +79,7 @@ def job_defaults() -> dict:
         "expected_sql_sha256": None,
         "application_name": APPLICATION_NAME,
         "connect_timeout": 10,
+        "require_verified_tls": False,  # a production-like environment: sslmode=verify-full or refuse
         "database_timeout": None,  # the watchdog's budget with many databases; None: database_budget()
     }
 
@@ -204,7 +208,9 @@ def _revert(tool, job: dict, result: dict) -> None:
     result["run_id"] = job["run_id"]
     target = tool.load()
     result["to_revision"] = None if target == BASE else target
-    engine, conn = sqlalchemy_connection(job["dsn"], job["application_name"], int(job["connect_timeout"]))
+    engine, conn = sqlalchemy_connection(
+        job["dsn"], job["application_name"], int(job["connect_timeout"]), bool(job["require_verified_tls"])
+    )
     raw = conn.connection.driver_connection
     try:
         with raw.cursor() as cur:
@@ -261,7 +267,13 @@ def _apply(job, tool, conn, *, pid, current, target, plan, result) -> None:
         result["attempts"] = attempt
         archiver = Archiver(raw, job["run_id"], current, result["to_revision"], enabled=bool(job["archive"]))
         guard = Guard(raw, archiver, Steps(plan["revisions"], plan["version"]), accepted, plan["statements"])
-        watch = BlockerWatch(job["dsn"], pid, delay=lock_timeout * 0.5, application_name=job["application_name"])
+        watch = BlockerWatch(
+            job["dsn"],
+            pid,
+            delay=lock_timeout * 0.5,
+            application_name=job["application_name"],
+            require_verified_tls=bool(job["require_verified_tls"]),
+        )
         try:
             with watch:
                 trans = conn.begin()

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """What each statement of a downgrade does to data, read with PostgreSQL's own parser (pglast 8).
 
 Plain Python, no database: `analyze(sql)` splits any SQL text (one statement, a multi-statement

@@ -260,6 +260,7 @@ def test_schema_state_reads_an_ef_core_database_and_records_its_rollback_point(e
         "advisory_lock_wait": 5.0,
         "application_name": "emergency-rollback",
         "connect_timeout": 10,
+        "require_verified_tls": False,
     }
     result = run_schema_state(params)
     assert not result["failed"], result["msg"]
