@@ -43,6 +43,7 @@ try:
     HAS_PGLAST = True
 except ImportError:  # pragma: no cover - the modules report missing_required_lib
     HAS_PGLAST = False
+    Visitor = object  # so that this file still imports; analyze() refuses
 
     class ParseError(Exception):  # type: ignore[no-redef]
         pass
