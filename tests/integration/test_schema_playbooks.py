@@ -14,9 +14,11 @@ import secrets
 
 import psycopg2
 import pytest
+from alembic import command
+from alembic.config import Config
 
 from tests.fixtures.efcore import EFCORE, FEATURE_ID, LEGACY_ID, apply_script, seed_ef, up_script_to
-from tests.fixtures.schema import DATA_LOSS_VERSIONS, VERSIONS, AppDatabase
+from tests.fixtures.schema import DATA_LOSS_VERSIONS, HEAD, MIGRATIONS, VERSIONS, AppDatabase
 from tests.integration.test_rollback_playbook import end_record, flag_enabled, revision, rollback
 
 pytestmark = pytest.mark.integration
@@ -49,6 +51,11 @@ def test_the_inventory_chooses_ef_core_for_deploy_rollback_verify_and_status(ef_
         "rollback_efcore_down_script": str(EFCORE / "down_to_legacy.sql"),
     }
     legacy_fingerprint = db.fingerprint()
+    # The stand-in application keeps its own (alembic) database: at the feature, so that its new path
+    # works while the flag is on. The runbook's databases here are the EF Core one only.
+    config = Config(str(MIGRATIONS / "alembic.ini"))
+    config.set_main_option("sqlalchemy.url", stack.dsn().replace("%", "%%"))
+    command.upgrade(config, HEAD)
 
     deploy = playbook("playbooks/deploy.yml", extravars={"env": "local", "reason": "release 2.4", **ef}, envvars=env)
     assert deploy.rc == 0, deploy
@@ -56,7 +63,11 @@ def test_the_inventory_chooses_ef_core_for_deploy_rollback_verify_and_status(ef_
     point = db.query("SELECT revision, fingerprint FROM runbook.rollback_points ORDER BY id DESC LIMIT 1")
     assert point == [(LEGACY_ID, legacy_fingerprint)], "the rollback point is the MigrationId before the release"
 
-    run = rollback(playbook, stack, envvars={"ROLLBACK_DB_NAME": db.name}, **ef)
+    traffic = stack.load(rate=10).start()  # the verification judges the 5xx ratio on real requests
+    try:
+        run = rollback(playbook, stack, envvars={"ROLLBACK_DB_NAME": db.name}, **ef)
+    finally:
+        traffic.stop()
 
     assert run.rc == 0, run
     assert ef_history(db) == [LEGACY_ID] and db.fingerprint() == legacy_fingerprint
@@ -110,7 +121,11 @@ def test_a_statement_the_archive_cannot_follow_stops_the_rollback_until_accepted
         entry = plan["databases"][0]["data_statements"][0]
         accept = f"dl_do_block:{entry['sha256']}"
 
-        run = rollback(playbook, stack, rollback_accept_data_statements=accept, **extra)
+        traffic = stack.load(rate=10).start()  # the verification judges the 5xx ratio on real requests
+        try:
+            run = rollback(playbook, stack, rollback_accept_data_statements=accept, **extra)
+        finally:
+            traffic.stop()
 
         assert run.rc == 0, run
         assert revision(stack) == "0001_legacy" and not flag_enabled(stack)
