@@ -94,6 +94,9 @@ def job_defaults() -> dict:
         "expected_sql_sha256": None,
         "application_name": APPLICATION_NAME,
         "connect_timeout": 10,
+        # Blocking-session reports carry pid, role, application_name, state and age; the query's
+        # text (which can hold customers' data) only with this opt-in.
+        "report_query_text": False,
     }
 
 
@@ -404,7 +407,13 @@ def _apply(job, script, engine, conn, *, pid, current, target, result) -> None:
         attempt_started = time.monotonic()
         result["attempts"] = attempt
         archiver = Archiver(raw, job["run_id"], current, result["to_revision"], enabled=bool(job["archive"]))
-        watch = BlockerWatch(job["dsn"], pid, delay=lock_timeout * 0.5, application_name=job["application_name"])
+        watch = BlockerWatch(
+            job["dsn"],
+            pid,
+            delay=lock_timeout * 0.5,
+            application_name=job["application_name"],
+            include_query=bool(job["report_query_text"]),
+        )
         try:
             with watch:
                 trans = conn.begin()

@@ -19,8 +19,8 @@ description:
   - A lock timeout (or deadlock) rolls the attempt back and retries after an exponential, jittered
     backoff, at most I(lock_attempts) times; every attempt has its lock timeout, so live queries
     never wait behind the module for longer than I(lock_timeout). When all attempts time out the
-    module fails and names the blocking sessions (pid, state, role, application_name, query start
-    and the first 200 characters of the query, from C(pg_blocking_pids)).
+    module fails and names the blocking sessions (from C(pg_blocking_pids)): pid, role,
+    application_name, state and age, never the query's text unless I(report_query_text) is on.
   - "Archive (I(archive=true)): just before a statement drops a table or a column that holds rows,
     in the same transaction, the table is locked and the rows are copied into
     C(rollback_archive.\"<run_id>__<table>[__<column>]\") (a column with the table's primary key),
@@ -149,6 +149,15 @@ options:
       - Identifies the run in archive table names and the manifest (1-40 characters among letters,
         digits, C(_), C(.), C(:), C(-)). Default, C(<UTC time>-<random>).
     type: str
+  report_query_text:
+    description:
+      - Also report the first 200 characters of each blocking session's query (in C(msg),
+        C(blocking_sessions) and C(attempt_log)).
+      - Off by default, and the text is then not even read from PostgreSQL - a query can hold
+        customers' data, and this report reaches the job output, the audit and the notifications.
+        Turn it on only where all of those may hold such data.
+    type: bool
+    default: false
   application_name:
     description: C(application_name) of the module's sessions, as seen in C(pg_stat_activity).
     type: str
@@ -161,7 +170,7 @@ notes:
   - "The exact SQL is what alembic renders offline for the range; it covers the migrations, not the
     archive copies (whose table names carry the run id) nor the C(SET LOCAL) statements."
   - "For a complete blocking-session report, grant C(pg_read_all_stats) to the migration role: without
-    it PostgreSQL hides the query and timestamps of other roles' sessions."
+    it PostgreSQL hides the state and timestamps (so the age) of other roles' sessions."
   - "The archive sees what C(op.drop_table), C(op.drop_column) and literal C(DROP TABLE)/C(ALTER TABLE
     ... DROP COLUMN) statements drop; a downgrade must not remove data by other means (DELETE, TRUNCATE)."
 seealso:
@@ -280,10 +289,20 @@ archive:
         rows: 50
         key_columns: [id]
 blocking_sessions:
-  description: On lock-timeout exhaustion, the sessions that blocked the last attempt.
+  description:
+    - On lock-timeout exhaustion, the sessions that blocked the last attempt, each with C(pid),
+      C(role), C(application_name), C(state) and C(age_seconds) (in its transaction, else in its
+      state; null when the migration role lacks C(pg_read_all_stats)); C(query) only with
+      I(report_query_text).
   returned: on failure after lock timeouts
   type: list
   elements: dict
+  sample:
+    - pid: 4242
+      role: app_rw
+      application_name: nightly-report
+      state: idle in transaction
+      age_seconds: 93.4
 run_id:
   description: The run's id, as used in the archive.
   returned: always
@@ -335,6 +354,7 @@ JOB_OPTIONS = (
     "archive",
     "application_name",
     "connect_timeout",
+    "report_query_text",
 )
 
 
@@ -349,6 +369,7 @@ def argument_spec() -> dict:
         statement_timeout={"type": "float", "default": 60.0},
         expected_sql_sha256={"type": "raw"},
         archive={"type": "bool", "default": True},
+        report_query_text={"type": "bool", "default": False},
     )
     return spec
 

@@ -5,7 +5,9 @@ Durations are asserted only against bounds the behaviour itself sets (timeouts, 
 with generous slack: this machine is shared and noisy.
 """
 
+import json
 import multiprocessing
+import secrets
 import threading
 import time
 
@@ -15,6 +17,8 @@ from ansible.module_utils.pg_session import ADVISORY_LOCK_KEY
 
 from tests.fixtures.schema import HEAD, LEGACY, revert
 
+pytestmark = pytest.mark.integration
+
 LOCK_TIMEOUT = 1.0
 ATTEMPTS = 3
 BACKOFF, BACKOFF_MAX = 0.3, 1.0
@@ -22,14 +26,19 @@ SLACK = 3.0  # scheduling noise on a shared 2-core machine
 
 
 class Blocker:
-    """A session that holds ACCESS SHARE on `documents` in an open transaction (a long report, say)."""
+    """A session that holds ACCESS SHARE on `documents` in an open transaction (a long report, say).
+
+    Its last query names a customer (a canary): the report of who blocks must never carry it
+    unless report_query_text asks for it.
+    """
 
     def __init__(self, dsn: str):
+        self.canary = f"customer-{secrets.token_hex(8)}@example.com"
         self.conn = psycopg2.connect(dsn, application_name="nightly-report")
         with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_backend_pid()")
-            self.pid = cur.fetchone()[0]
-            cur.execute("SELECT count(*) FROM documents /* nightly report */")
+            cur.execute("SELECT pg_backend_pid(), current_user")
+            self.pid, self.role = cur.fetchone()
+            cur.execute("SELECT count(*) FROM documents WHERE external_ref <> %s /* nightly report */", (self.canary,))
 
     def release(self) -> None:
         self.conn.rollback()
@@ -85,14 +94,18 @@ def test_a_blocked_downgrade_gives_up_naming_the_blocker_and_never_queues_traffi
     most_backoff = sum(min(BACKOFF_MAX, BACKOFF * 2**n) * 1.2 for n in range(ATTEMPTS - 1))
     assert ATTEMPTS * LOCK_TIMEOUT <= elapsed <= ATTEMPTS * LOCK_TIMEOUT + most_backoff + SLACK
     assert result["lock_wait_seconds"] >= ATTEMPTS * LOCK_TIMEOUT
-    # The message names the blocking session: pid, state, application, query start, its query.
+    # The message names the blocking session: pid, state and age, role, application; never its query.
     message = result["msg"]
     assert "\n" not in message
-    assert f"pid {blocker.pid} (idle in transaction" in message
+    assert f"pid {blocker.pid} (idle in transaction for " in message
     assert "application_name 'nightly-report'" in message
-    assert "SELECT count(*) FROM documents /* nightly report */" in message
-    assert "query since 20" in message
-    assert [s["pid"] for s in result["blocking_sessions"]] == [blocker.pid]
+    assert f"role {blocker.role}, " in message
+    [session] = result["blocking_sessions"]
+    assert set(session) == {"pid", "role", "application_name", "state", "age_seconds"}
+    assert (session["pid"], session["state"]) == (blocker.pid, "idle in transaction")
+    assert session["age_seconds"] >= LOCK_TIMEOUT
+    assert blocker.canary not in json.dumps(result), "a blocking session's query text reached the result"
+    assert "nightly report" not in json.dumps(result)
     # Live traffic queued behind the downgrade's lock request, but never longer than lock_timeout.
     assert reader.latencies, "the reader never ran"
     assert max(reader.latencies) > LOCK_TIMEOUT / 2, "the reader was never queued: the test proves nothing"
@@ -104,6 +117,18 @@ def test_a_blocked_downgrade_gives_up_naming_the_blocker_and_never_queues_traffi
     assert again["changed"] and again["attempts"] == 1 and app_db.revision() == LEGACY
 
 
+def test_the_query_text_is_reported_only_on_explicit_opt_in(app_db):
+    blocker = Blocker(app_db.dsn)
+    try:
+        result = revert(app_db, lock_timeout=0.5, lock_attempts=1, report_query_text=True)
+    finally:
+        blocker.release()
+    assert result["failed"] and app_db.revision() == HEAD
+    [session] = result["blocking_sessions"]
+    assert blocker.canary in session["query"] and "nightly report" in session["query"]
+    assert blocker.canary in result["msg"]
+
+
 def test_a_blocker_that_lets_go_between_attempts_is_waited_out(app_db):
     blocker = Blocker(app_db.dsn)
     threading.Timer(LOCK_TIMEOUT * 1.5, blocker.release).start()
@@ -113,6 +138,7 @@ def test_a_blocker_that_lets_go_between_attempts_is_waited_out(app_db):
     assert result["attempt_log"][0]["outcome"] == "lock_timeout"
     assert result["attempt_log"][-1]["outcome"] == "committed"
     assert result["attempt_log"][0]["blocking_sessions"][0]["pid"] == blocker.pid
+    assert blocker.canary not in json.dumps(result)
     assert app_db.revision() == LEGACY and result["archive"]["rows"] == 60
 
 
@@ -153,8 +179,8 @@ def test_the_advisory_lock_wait_is_bounded_and_names_the_holder(app_db):
         elapsed = time.monotonic() - started
         assert result["failed"] and result["changed"] is False
         assert 1.0 <= elapsed <= 1.0 + SLACK
-        assert f"pid {pid} (application_name 'other-rollback'" in result["msg"]
-        assert "connected since 20" in result["msg"]
+        assert f"pid {pid} (idle for " in result["msg"] and "application_name 'other-rollback')" in result["msg"]
+        assert ", role " in result["msg"]
         assert result["attempts"] == 0 and app_db.revision() == HEAD
         # Check mode takes no advisory lock: the plan is still available.
         assert revert(app_db, check_mode=True)["changed"] is True
