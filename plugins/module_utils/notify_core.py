@@ -282,6 +282,7 @@ def _result(event: str, message: Message, deliveries: dict, results: dict, *, ch
         "undelivered": failed,
         "attempts": {c: d.attempts for c, d in results.items()},
         "warnings": warnings,
+        "problems": list(warnings),  # the same sentences, kept in the result for the audit record
         "check_mode": check_mode,
     }
     if diff:

@@ -247,13 +247,13 @@ def blocking_sessions(cursor, pid: int, include_query: bool = False) -> list[dic
     without state and timestamps (so without age): grant pg_read_all_stats to the migration role
     for a complete report.
     """
-    cursor.execute(_BLOCKING_SESSIONS.format(columns=_columns(include_query)), (pid,))  # noqa: S608 - constants
+    cursor.execute(_BLOCKING_SESSIONS.format(columns=_columns(include_query)), (pid,))
     return _session_rows(cursor)
 
 
 def advisory_lock_holders(cursor, key: int = ADVISORY_LOCK_KEY, include_query: bool = False) -> list[dict]:
     """Sessions holding the advisory lock `key` in the current database (fields as blocking_sessions)."""
-    cursor.execute(  # noqa: S608 - constants
+    cursor.execute(
         _ADVISORY_HOLDERS.format(columns=_columns(include_query)), ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)
     )
     return _session_rows(cursor)
@@ -341,6 +341,7 @@ class BlockerWatch:
         pid: int,
         delay: float,
         application_name: str,
+        *,
         interval: float = 0.1,
         include_query: bool = False,
     ):
