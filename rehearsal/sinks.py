@@ -23,8 +23,9 @@ a PagerDuty Events API v2 contract sink.
   Only the routing key in SINK_PAGERDUTY_ROUTING_KEY is accepted. Every event is appended to
   `pagerduty.jsonl` without its routing key; `pagerduty_incidents()` replays them as PagerDuty
   would (one alert per open dedup_key; a resolve closes it; a resolve without an open alert is dropped).
-- Faults, for drills and tests: `POST /_sink/faults` with `{"route": "pagerduty"|"slack", "status": 503,
-  "count": 2}` answers the next `count` requests of that route with `status` (recorded as faults).
+- Faults, for drills and tests: `POST /_sink/faults` with `{"route": "pagerduty"|"slack"|"smtp", "status": 503,
+  "count": 2}` answers the next `count` requests of that route with `status` (for `smtp`, the reply to
+  DATA, e.g. 451), recorded as faults where the route records anything.
 
 Read back with `read_jsonl()`, or over HTTP: `GET /_sink/webhook`, `GET /_sink/mail`, `GET /_sink/pagerduty`.
 Run:  SINK_WEBHOOK_PATH=/services/T1/B1/x SINK_PAGERDUTY_ROUTING_KEY=<32 chars> \
@@ -372,7 +373,10 @@ class Faults:
         self.queued: dict[str, collections.deque] = collections.defaultdict(collections.deque)
 
     def add(self, route: str, status: int, count: int) -> None:
+        """Queue `count` answers of `status`; a count of 0 clears the route's queue."""
         with self.lock:
+            if count <= 0:
+                self.queued[route].clear()
             self.queued[route].extend([status] * count)
 
     def take(self, route: str) -> int | None:
@@ -487,9 +491,17 @@ def make_webhook_handler(
 class MailStore:
     """aiosmtpd handler: every message is accepted and stored, parsed; optional AUTH against one account."""
 
-    def __init__(self, store: JsonlStore, username: str = "", password: str = "", implicit_tls: bool = False):
+    def __init__(
+        self,
+        store: JsonlStore,
+        username: str = "",
+        password: str = "",
+        implicit_tls: bool = False,
+        faults: Faults | None = None,
+    ):
         self.store, self.username, self.password = store, username, password
         self.implicit_tls = implicit_tls  # the server speaks TLS from the first byte (no STARTTLS)
+        self.faults = faults or Faults()
 
     def authenticate(self, _server, _session, _envelope, mechanism, auth_data):
         from aiosmtpd.smtp import AuthResult, LoginPassword  # noqa: PLC0415
@@ -505,6 +517,9 @@ class MailStore:
         return AuthResult(success=ok, handled=False, auth_data=self.username if ok else None)
 
     async def handle_DATA(self, _server, session, envelope):
+        fault = self.faults.take("smtp")
+        if fault is not None:  # e.g. 451: "Requested action aborted: local error in processing" (RFC 5321)
+            return f"{fault} injected fault: message not accepted"
         raw = envelope.original_content or envelope.content
         parsed = email.message_from_bytes(raw, policy=email.policy.default)
         part = parsed.get_body(preferencelist=("plain", "html")) if parsed.is_multipart() else parsed
@@ -559,8 +574,9 @@ def main(argv: list[str] | None = None) -> int:
     mail = JsonlStore(args.dir / "mail.jsonl")
     hooks = JsonlStore(args.dir / "webhook.jsonl")
     pages = JsonlStore(args.dir / "pagerduty.jsonl")
+    faults = Faults()
     handler_class = make_webhook_handler(
-        secret_path, hooks, mail, pagerduty_store=pages, routing_key=routing_key, faults=Faults()
+        secret_path, hooks, mail, pagerduty_store=pages, routing_key=routing_key, faults=faults
     )
     httpd = ThreadingHTTPServer((args.host, args.webhook_port), handler_class)
     httpd.daemon_threads = True
@@ -570,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
     username, password = os.environ.get("SINK_SMTP_USERNAME", ""), os.environ.get("SINK_SMTP_PASSWORD", "")
 
     def smtp(implicit_tls: bool) -> SMTP:
-        handler = MailStore(mail, username, password, implicit_tls=implicit_tls)
+        handler = MailStore(mail, username, password, implicit_tls=implicit_tls, faults=faults)
         return SMTP(
             handler,
             hostname="rehearsal-smtp-sink",

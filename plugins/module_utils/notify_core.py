@@ -167,8 +167,9 @@ def run_notification(  # noqa: PLR0915 - one table of channels, read top-down
     pd_refusal = _http_refusal(base, "pagerduty_url", "pagerduty_url") if routing_key else ""
     source = str(params.get("pagerduty_source") or f"emergency-rollback/{report.get('environment') or 'unknown'}")
     details = {**message.details, "summary": message.lines}
-    if event == "start":
-        started = _float(report.get("started_at"), now)
+    if event == "start" or params.get("include_start"):
+        start = message if event == "start" else compose(report, "start", now)
+        start_details = {**start.details, "summary": start.lines}
         plan(
             "pagerduty_change_start",
             bool(routing_key),
@@ -176,10 +177,10 @@ def run_notification(  # noqa: PLR0915 - one table of channels, read top-down
                 base,
                 change_event(
                     routing_key,
-                    summary=cut(message.first_line, 1024),
+                    summary=cut(start.first_line, 1024),
                     source=source,
-                    timestamp=started,
-                    custom_details=details,
+                    timestamp=_float(report.get("started_at"), now),
+                    custom_details=start_details,
                     job_url=str(report.get("job_url") or ""),
                 ),
                 client(),
@@ -187,7 +188,7 @@ def run_notification(  # noqa: PLR0915 - one table of channels, read top-down
             ),
             pd_refusal,
         )
-    else:
+    if event != "start":
         if event == "failed":
             alert = trigger_event(
                 routing_key,

@@ -25,6 +25,7 @@ def notification_spec() -> dict[str, Any]:
             "event": {"type": "str", "required": True, "choices": list(EVENTS)},
             "report": {"type": "dict", "required": True},
             "announce": {"type": "bool", "default": True},
+            "include_start": {"type": "bool", "default": False},
             "slack_webhook_url": {"type": "str", "no_log": True},
             "mail_to": {"type": "list", "elements": "str", "default": []},
             "mail_from": {"type": "str", "default": "emergency-rollback@localhost"},

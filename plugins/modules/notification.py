@@ -73,6 +73,12 @@ options:
         announces nothing); PagerDuty's resolve and change event are sent regardless.
     type: bool
     default: true
+  include_start:
+    description:
+      - With I(event=succeeded) or I(event=failed), also send the start change event (with the run's
+        start time), for a run that ended before its own I(event=start) task ran.
+    type: bool
+    default: false
   slack_webhook_url:
     description:
       - A Slack incoming webhook. The URL is the credential.
