@@ -259,13 +259,14 @@ def _result(event: str, message: Message, deliveries: dict, results: dict, *, ch
     deliveries = {c: deliveries[c] for c in order}
     failed = [c for c, words in deliveries.items() if words.startswith(("not delivered", "not sent: refused"))]
     warnings = []
+    labels = {**LABELS, "pagerduty": "PagerDuty resolve" if event == "succeeded" else LABELS["pagerduty"]}
     for channel in failed:
         loud = (
             " NOBODY WAS PAGED by this run: call the on-call engineer yourself."
             if channel == "pagerduty" and event == "failed"
             else ""
         )
-        warnings.append(f"{LABELS[channel]} {deliveries[channel]}.{loud}")
+        warnings.append(f"{labels[channel]} {deliveries[channel]}.{loud}")
     delivered = [c for c, words in deliveries.items() if words.startswith("delivered")]
     summary = f"{event}: " + (", ".join(f"{c} {deliveries[c]}" for c in order) if order else "no channel")
     result: dict[str, Any] = {
