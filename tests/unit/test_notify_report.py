@@ -3,8 +3,10 @@ verification, what to do next; severity and dedup key for PagerDuty."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
-from ansible.module_utils.notify_report import SUMMARY_MAX, compose, dedup_key, failed_step_of
+from ansible.module_utils.notify_report import RUNBOOK_ANCHORS, STEPS, SUMMARY_MAX, compose, dedup_key, failed_step_of
 
 FEATURE = "DataTransformationFeature"
 NOW = 2000.0
@@ -294,3 +296,10 @@ def test_a_blocking_sessions_report_arrives_as_the_cause_and_nothing_else_is_add
     )
     message = compose(report, "failed", NOW)
     assert message.lines[1] == f"Cause: {cause}" and message.details["cause"] == cause
+
+
+def test_every_step_a_page_links_to_has_its_section_in_the_runbook():
+    runbook = (Path(__file__).resolve().parents[2] / "RUNBOOK.md").read_text()
+    assert set(RUNBOOK_ANCHORS) == set(STEPS)
+    for anchor in RUNBOOK_ANCHORS.values():
+        assert f'<a id="{anchor}"></a>' in runbook, anchor
