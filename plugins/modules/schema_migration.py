@@ -19,8 +19,8 @@ description:
   - A lock timeout (or deadlock) rolls the attempt back and retries after an exponential, jittered
     backoff, at most I(lock_attempts) times; every attempt has its lock timeout, so live queries
     never wait behind the module for longer than I(lock_timeout). When all attempts time out the
-    module fails and names the blocking sessions (from C(pg_blocking_pids)): pid, role,
-    application_name, state and age, never the query's text unless I(report_query_text) is on.
+    module fails and names the blocking sessions (from C(pg_blocking_pids)) by pid, role,
+    application_name, state and age, never by the query's text unless I(report_query_text) is on.
   - "Archive (I(archive=true)): just before a statement drops a table or a column that holds rows,
     in the same transaction, the table is locked and the rows are copied into
     C(rollback_archive.\"<run_id>__<table>[__<column>]\") (a column with the table's primary key),
