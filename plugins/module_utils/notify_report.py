@@ -93,14 +93,18 @@ def _failed(result: Any) -> bool:
     return bool(_dict(result).get("failed"))
 
 
-def failed_step_of(report: dict) -> str:
+def failed_step_of(report: dict) -> str:  # noqa: PLR0911 - one per step, in order
     """The first step whose result is missing or failed (the role passes each step's registered result)."""
     given = str(report.get("failed_step") or "")
     if given:
         return given
+    # The plan belongs to the preflight step; it may run before the flag step or after it (the flag
+    # off first, issue 15), so a failed flag step wins over a missing plan.
+    if _failed(report.get("flag")):
+        return "flag"
     if not _ran(report.get("plan")) or _failed(report.get("plan")):
         return "preflight"
-    if not _ran(report.get("flag")) or _failed(report.get("flag")):
+    if not _ran(report.get("flag")):
         return "flag"
     if not _ran(report.get("propagation")) or _failed(report.get("propagation")):
         return "propagation"
@@ -387,6 +391,11 @@ def _next_steps(  # noqa: PLR0911 - one answer per outcome and step
             "Once traffic reaches the application again, run the same command: it changes nothing and verifies again.",
         ]
     if step == "preflight":
+        if _ran(report.get("flag")) and not _failed(report.get("flag")):
+            return [
+                "The flag is off (the legacy path is safe); the schema was not touched.",
+                "Fix the cause above and run the same command again: it finds the flag off and goes on.",
+            ]
         return ["Nothing was changed. Fix the cause above and run the same command again."]
     if step == "flag":
         out = ["The schema was not touched. Once the flag system answers, run the same command again."]

@@ -229,8 +229,20 @@ def test_a_propagation_timeout_keeps_the_flag_off():
     assert message.runbook_ref == "RUNBOOK.md#paged-propagation"
 
 
+def test_a_plan_that_failed_after_the_flag_step_says_the_flag_is_off_not_nothing_changed():
+    """Issue 15 orders the flag off before the plan: a plan failing then is a preflight failure with the flag off."""
+    report = base(plan={"failed": True}, flag=FLAG_OFF, cause="db down", **left("0002_data_transformation", None))
+    message = compose(report, "failed", NOW)
+    assert message.failed_step == "preflight"
+    assert "Nothing was changed" not in message.text
+    assert f"- flag {FEATURE}: enabled -> disabled" in message.text
+    assert "- The flag is off (the legacy path is safe); the schema was not touched." in message.text
+
+
 def test_failed_step_is_the_first_missing_or_failed_result():
     assert failed_step_of(base(plan={})) == "preflight"
+    assert failed_step_of(base(plan={}, flag={"failed": True})) == "flag"
+    assert failed_step_of(base(flag={"failed": True})) == "flag"
     assert failed_step_of(base(flag=FLAG_OFF)) == "propagation"
     assert failed_step_of(base(flag=FLAG_OFF, propagation={"elapsed_seconds": 1}, schema={"skipped": True})) == "schema"
     assert failed_step_of(base(flag=FLAG_OFF, propagation={"ok": 1}, schema=REVERTED)) == "verify"
