@@ -5,8 +5,8 @@ from __future__ import annotations
 import atexit
 import fnmatch
 import getpass
-import importlib
 import os
+import runpy
 import signal
 import time
 import uuid
@@ -130,19 +130,11 @@ options:
 """
 
 
-def _load_helper(name: str):
-    """Import a module of plugins/module_utils as `ansible.module_utils.<name>`, as the modules see it."""
-    try:
-        return importlib.import_module(f"ansible.module_utils.{name}")
-    except ImportError:
-        import ansible.module_utils  # noqa: PLC0415 - only when ansible.cfg's module_utils is not ours
-
-        ansible.module_utils.__path__.append(str(Path(__file__).resolve().parent.parent / "module_utils"))
-        return importlib.import_module(f"ansible.module_utils.{name}")
-
-
-chain = _load_helper("audit_chain")
-redaction = _load_helper("audit_redact")
+runpy.run_path(str(Path(__file__).resolve().parent.parent / "plugin_utils" / "module_utils_path.py"))[
+    "add_module_utils_path"
+]()
+from ansible.module_utils import audit_chain as chain  # noqa: E402
+from ansible.module_utils import audit_redact as redaction  # noqa: E402
 
 SCHEMA_VERSION = 1
 STEP_PREFIX = "rollback_"

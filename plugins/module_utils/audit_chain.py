@@ -444,3 +444,20 @@ def read_lines(path: str) -> list[bytes]:
 
 def verify_file(path: str, current_run_id: str | None = None) -> Report:
     return verify_lines(read_lines(path), current_run_id)
+
+
+def run_audit_verify(params: dict, check_mode: bool = False, diff: bool = False) -> dict:
+    """The audit_verify plugin: verify_file() as a task result (see the module's documentation)."""
+    path = params["path"]
+    current = params["current_run_id"] or None
+    try:
+        report = verify_file(path, current_run_id=current)
+    except AuditError as exc:
+        return {"changed": False, "failed": True, "msg": f"Cannot verify the audit log: {exc}"}
+    result = {"changed": False, **report.as_dict()}
+    if not report.ok:
+        return {**result, "failed": True, "msg": f"Audit chain of {path} is {result['msg']}"}
+    if current and current not in report.runs:
+        message = f"Audit log {path} has no start record of this run {current}: is the callback enabled?"
+        return {**result, "failed": True, "msg": message}
+    return result

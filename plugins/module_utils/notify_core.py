@@ -41,6 +41,7 @@ from ansible.module_utils.notify_channels import (
 )
 from ansible.module_utils.notify_options import ENV_FALLBACKS
 from ansible.module_utils.notify_report import Message, compose, cut
+from ansible.module_utils.runbook_plugin import NO_LOG_VALUES_KEY
 
 MASK = "********"
 LABELS = {
@@ -233,8 +234,10 @@ def run_notification(  # noqa: PLR0915 - one table of channels, read top-down
             results = {channel: future.result() for channel, future in futures.items()}
     for channel, delivery in results.items():
         deliveries[channel] = delivery.words
-    result = _result(event, message, deliveries, results, check_mode=check_mode, diff=diff)
-    return _scrub(result, secrets)
+    result = _scrub(_result(event, message, deliveries, results, check_mode=check_mode, diff=diff), secrets)
+    # Secrets read from the environment are masked by the caller too, wherever Ansible shows a value.
+    result[NO_LOG_VALUES_KEY] = [s for s in (webhook, password, routing_key) if s]
+    return result
 
 
 def _float(value: Any, default: float) -> float:

@@ -42,5 +42,4 @@ def notification_spec() -> dict[str, Any]:
             "timeout": {"type": "float", "default": 10.0},
             "max_wait": {"type": "float", "default": 30.0},
         },
-        "supports_check_mode": True,
     }

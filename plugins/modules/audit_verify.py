@@ -116,32 +116,16 @@ ok:
   type: bool
 """
 
-from ansible.module_utils.audit_chain import AuditError, verify_file
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.audit_chain import run_audit_verify
+from ansible.module_utils.audit_options import audit_verify_spec
+from ansible.module_utils.runbook_plugin import Plugin
+
+# The plugin, once: this module's main() and the action plugins/action/audit_verify.py both run it.
+PLUGIN = Plugin("audit_verify", audit_verify_spec, run_audit_verify)
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "path": {"type": "path", "required": True},
-            "current_run_id": {"type": "str", "required": False},
-        },
-        supports_check_mode=True,
-    )
-    path = module.params["path"]
-    current = module.params["current_run_id"] or None
-    try:
-        report = verify_file(path, current_run_id=current)
-    except AuditError as exc:
-        module.fail_json(msg=f"Cannot verify the audit log: {exc}")
-    result = {"changed": False, **report.as_dict()}
-    if not report.ok:
-        module.fail_json(**{**result, "msg": f"Audit chain of {path} is {result['msg']}"})
-    if current and current not in report.runs:
-        module.fail_json(
-            **{**result, "msg": f"Audit log {path} has no start record of this run {current}: is the callback enabled?"}
-        )
-    module.exit_json(**result)
+    PLUGIN.main()
 
 
 if __name__ == "__main__":

@@ -45,8 +45,8 @@ attributes:
     support: full
     description: Composes the message and reports each configured channel as not sent (check mode); sends nothing.
   diff_mode:
-    support: partial
-    description: Shows the message's text where the plugin runs in-process (its action plugin), not as a module.
+    support: full
+    description: Shows the message's text.
 options:
   event:
     description: Which moment of the run this is.
@@ -256,30 +256,22 @@ msg:
   type: str
 """
 
-import os
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.notify_options import ENV_FALLBACKS, notification_spec
+from ansible.module_utils.notify_options import notification_spec
+from ansible.module_utils.runbook_plugin import Plugin
 
 try:
     from ansible.module_utils.notify_core import run_notification
-
+except ImportError as exc:  # requests is missing on the controller
+    run_notification, IMPORT_ERROR = None, exc
+else:
     IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover - requests missing
-    IMPORT_ERROR = exc
+
+# The plugin, once: this module's main() and the action plugins/action/notification.py both run it.
+PLUGIN = Plugin("notification", notification_spec, run_notification, requires="requests", import_error=IMPORT_ERROR)
 
 
 def main() -> None:
-    module = AnsibleModule(**notification_spec())
-    if IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("requests"), exception=str(IMPORT_ERROR))
-    for option, variable in ENV_FALLBACKS.items():  # secrets from the environment are masked like options
-        if option != "smtp_username" and os.environ.get(variable):
-            module.no_log_values.add(os.environ[variable])
-    result = run_notification(module.params, module.check_mode)
-    for warning in result.pop("warnings", []):
-        module.warn(warning)
-    module.exit_json(**result)
+    PLUGIN.main()
 
 
 if __name__ == "__main__":

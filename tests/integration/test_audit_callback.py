@@ -26,6 +26,8 @@ from ansible.module_utils.audit_chain import verify_file
 
 from rehearsal.postgres import free_port
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "audit"
 BIN = Path(sys.executable).parent

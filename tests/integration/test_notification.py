@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from ansible.module_utils.notify_core import run_notification
 from ansible.module_utils.notify_options import notification_spec
+from ansible.module_utils.runbook_plugin import NO_LOG_VALUES_KEY
 
 from rehearsal.sinks import pagerduty_incidents
 from tests.fakes.tls import make_tls
@@ -88,6 +89,7 @@ def params(sinks, **overrides) -> dict:
 def send(sinks, **overrides) -> tuple[dict, FakeTime]:
     time = FakeTime()
     result = run_notification(params(sinks, **overrides), environ={}, sleep=time.sleep, clock=time.clock, now=1010.0)
+    result.pop(NO_LOG_VALUES_KEY)  # the secrets it was given, for its caller (the action or module) to mask
     return result, time
 
 
