@@ -1,4 +1,6 @@
 #!/usr/bin/python
+# Copyright: the emergency rollback runbook's authors
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 """Ansible module: one event of the rollback to every configured channel (Slack, e-mail, PagerDuty)."""
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ description:
     options or from the environment variables named below; none of them ever appears in a result.
 version_added: "0.2.0"
 author:
-  - Emergency rollback runbook (SEQ-OF-004)
+  - Emergency rollback runbook, SEQ-OF-004 (@ops)
 attributes:
   check_mode:
     support: full

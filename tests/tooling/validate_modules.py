@@ -88,7 +88,8 @@ def qualify_references(text: str, modules: list[str]) -> str:
     names = "|".join(map(re.escape, modules))
     fqcn = f"{NAMESPACE}.{NAME}"
     text = re.sub(r"\bM\((" + names + r")\)", lambda match: f"M({fqcn}.{match.group(1)})", text)
-    return re.sub(r"^(\s*-?\s*module:\s*)(" + names + r")\s*$", lambda m: f"{m.group(1)}{fqcn}.{m.group(2)}", text,
+    # Only seealso's list items: the DOCUMENTATION's own top-level `module: <name>` stays the file's name.
+    return re.sub(r"^(\s*-\s*module:\s*)(" + names + r")\s*$", lambda m: f"{m.group(1)}{fqcn}.{m.group(2)}", text,
                   flags=re.MULTILINE)  # fmt: skip
 
 
