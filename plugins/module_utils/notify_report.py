@@ -135,7 +135,8 @@ def verification_of(report: dict) -> dict:
     verdict = str(found.get("verdict") or "")
     if verdict not in VERDICTS:
         verdict = ""
-    return {"verdict": verdict, "checks": checks, "summary": " ".join(str(found.get("summary") or "").split())}
+    summary = found.get("summary") or found.get("msg") or ""  # app_verify's result says `msg`
+    return {"verdict": verdict, "checks": checks, "summary": " ".join(str(summary).split())}
 
 
 def _seconds_since(started: Any, now: float) -> float | None:
@@ -213,7 +214,7 @@ def compose(report: dict, event: str, now: float | None = None) -> Message:  # n
     elif outcome == "inconclusive":
         first = (
             f"ROLLBACK NOT VERIFIED in {env}: the rollback of {feature} completed{took}, but its verification "
-            f"was inconclusive ({_not_checked(verification) or 'see below'})."
+            f"was INCONCLUSIVE ({_not_checked(verification) or verification['summary'] or 'see below'})."
         )
         message.subject = f"ROLLBACK UNVERIFIED in {env}: verification inconclusive"
         message.severity = "critical" if mixed else "error"
