@@ -271,7 +271,12 @@ def _result(event: str, message: Message, deliveries: dict, results: dict, *, ch
         )
         warnings.append(f"{labels[channel]} {deliveries[channel]}.{loud}")
     delivered = [c for c, words in deliveries.items() if words.startswith("delivered")]
-    summary = f"{event}: " + (", ".join(f"{c} {deliveries[c]}" for c in order) if order else "no channel")
+    # One line for the job output: every channel's fate, the undelivered ones in capitals.
+    said = []
+    for channel, words in deliveries.items():
+        loud = words.rstrip(".").replace("not delivered", "NOT DELIVERED", 1)
+        said.append(f"{labels[channel]} {loud.replace('not sent: refused', 'NOT SENT, refused', 1)}")
+    summary = "Notifications: " + ("; ".join(said) if said else "no channel") + "."
     result: dict[str, Any] = {
         "changed": False,
         "msg": cut(summary, 2000),

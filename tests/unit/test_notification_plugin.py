@@ -78,6 +78,8 @@ def test_secrets_over_plain_http_to_another_host_are_refused():
     assert result["deliveries"]["slack"].startswith("not sent: refused: SLACK_WEBHOOK_URL is plain http")
     assert result["deliveries"]["pagerduty"].startswith("not sent: refused: pagerduty_url is plain http")
     assert len(result["warnings"]) == 3 and "NOBODY WAS PAGED" in result["warnings"][1]
+    assert result["msg"].startswith("Notifications: Slack notification NOT SENT, refused: SLACK_WEBHOOK_URL is plain")
+    assert "; e-mail notification not configured; PagerDuty page NOT SENT, refused:" in result["msg"]
     assert "secret" not in json.dumps(result) and KEY not in json.dumps(result)
 
 
