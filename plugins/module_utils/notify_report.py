@@ -355,7 +355,8 @@ def _verification_lines(outcome: str, step: str, verification: dict, report: dic
     if step and step != "verify":
         return [f"Verification: not reached (the run stopped at {step})."]
     if verification["checks"]:
-        out = ["Verification:"]
+        # The verify step's own sentence first (app_verify's msg), then one line per check.
+        out = [f"Verification: {verification['summary']}" if verification["summary"] else "Verification:"]
         for check in verification["checks"]:
             detail = f": {check['detail']}" if check["detail"] else ""
             out.append(f"- {check['name']}: {check['verdict']}{detail}")

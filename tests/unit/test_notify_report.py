@@ -130,6 +130,7 @@ def test_an_inconclusive_verification_is_never_called_a_success():
     assert "succeeded" not in message.text.lower()
     assert "was INCONCLUSIVE (error rate: no requests in the last 1m)" in message.lines[0]
     assert "- error rate: inconclusive: no requests in the last 1m" in message.text
+    assert "Verification: the error rate could not be checked" in message.lines
     assert "Check by hand what could not be verified: error rate: no requests in the last 1m." in message.text
     assert message.severity == "error", "inconclusive, nothing mixed: error, not critical"
 
