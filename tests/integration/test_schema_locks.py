@@ -53,8 +53,8 @@ def test_a_blocked_downgrade_gives_up_naming_the_blocker_and_never_queues_traffi
         reader.join(timeout=30)
         blocker.release()
 
-    assert result["failed"] and result["changed"] is False
-    assert result["attempts"] == ATTEMPTS
+    assert result["failed"] and result["changed"] is False, result["msg"]
+    assert result["attempts"] == ATTEMPTS, result["msg"]
     assert [a["outcome"] for a in result["attempt_log"]] == ["lock_timeout"] * ATTEMPTS
     assert result["lock_wait_seconds"] >= ATTEMPTS * LOCK_TIMEOUT
     # The message names the blocking session: pid, state and age, role, application; never its query.
