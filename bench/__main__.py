@@ -17,6 +17,7 @@ bench/out/ (git-ignored, skipped by the linters).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ from bench.report import write_report
 from bench.scenarios import (
     APP_DB,
     Context,
+    background_traffic,
     measure_p1,
     measure_p2,
     measure_p3,
@@ -180,7 +182,8 @@ def measure_all(args: argparse.Namespace, stack: Stack, results: dict, results_f
         "playbooks/deploy.yml", ctx.env, args.out / "logs" / "000-deploy.log", args.out / "audit" / "deploy.jsonl"
     )
     results["deploy_playbook_seconds"] = round(deployed.timed.wall, 2)
-    ctx.playbook("warmup", [APP_DB])
+    with background_traffic(ctx):
+        ctx.playbook("warmup", [APP_DB])
     redeploy(stack, [APP_DB])
     ctx.floor("warmup", [APP_DB])
     measures = {
@@ -195,8 +198,11 @@ def measure_all(args: argparse.Namespace, stack: Stack, results: dict, results_f
     code = 0
     for part in (p for p in PARTS if p in args.parts):
         began = time.monotonic()
+        # P4 brings its own load; P3 restarts the instances. The others run under light live traffic.
+        traffic = contextlib.nullcontext() if part in ("p3", "p4") else background_traffic(ctx)
         try:
-            results[part] = measures[part]()
+            with traffic:
+                results[part] = measures[part]()
         except Exception as exc:  # the other parts are still worth measuring
             log(f"{part} failed: {type(exc).__name__}: {exc}")
             traceback.print_exc()

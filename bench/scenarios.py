@@ -7,6 +7,7 @@ the machine's noise hits both alike.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -92,6 +93,30 @@ class Context:
             reason=f"bench {run}",
             audit_file=str(self.out / "audit" / f"{run}.jsonl"),
         )
+
+
+# -- live traffic while measuring --------------------------------------------------------------
+BACKGROUND_RATE = 10.0  # requests/s: enough for the verification's minimum in its window, light on 2 cores
+
+
+@contextlib.contextmanager
+def background_traffic(ctx: Context, rate: float = BACKGROUND_RATE):
+    """Steady traffic to both instances while a part runs: the verification judges the 5xx ratio
+    over real requests (with none it is inconclusive, and the rollback rightly fails)."""
+    argv = [sys.executable, "-m", "rehearsal", "--run-dir", str(ctx.stack.run_dir), "load", "--rate", str(rate)]
+    log = ctx.out / "logs" / "background-traffic.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("a") as out:
+        load = subprocess.Popen(argv, cwd=ROOT, env=ctx.env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        yield
+    finally:
+        load.send_signal(signal.SIGTERM)
+        try:
+            load.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            load.kill()
+            load.wait()
 
 
 # -- P1 and P2: the playbook against the floor -----------------------------------------------------
