@@ -1,0 +1,100 @@
+"""The guard of the rollback and deploy playbooks, evaluated where no command-line option can skip it."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from ansible import constants as C
+from ansible import context
+from ansible.errors import AnsibleLookupError
+from ansible.plugins.lookup import LookupBase
+
+DOCUMENTATION = r"""
+name: rollback_guard
+short_description: Check a rollback (or deploy) request before anything is contacted; the request as checked
+description:
+  - >-
+    C(lookup('rollback_guard', 'rollback')) (or C('deploy')) is meant for the C(hosts) keyword of a
+    playbook's first play, which Ansible templates before the play starts and which no command-line
+    option can skip (C(--start-at-task), C(--tags) and C(--step) select tasks, not plays). It returns
+    C(localhost), or fails the playbook, before any task runs, with one sentence saying what to do.
+  - >-
+    It checks the command line (no C(--start-at-task), C(--step), C(--tags)/C(--skip-tags),
+    C(--module-path); a C(--limit) must keep localhost and every database of the environment), the
+    extra vars (request inputs and documented tunables only; internal names are refused by name), the
+    environment (a group of the inventory; production-like when its hosts belong to the group
+    C(production_like), which then needs a ticket and C(confirm=<env>)) and the reason - see
+    C(plugins/module_utils/audit_guard.py).
+  - >-
+    It then hands the checked request to the C(rollback_audit) callback, which writes it at once as
+    the run's C(request) record, and reads this run's records back from the audit file and, when
+    configured, PostgreSQL (required for production-like environments): the run goes on only if both
+    were written, sealed, by this very process. A disabled callback means a refusal.
+  - C(lookup('rollback_guard', 'request')) returns the request as checked (for the roles).
+  - With C(--syntax-check) and the C(--list-*) options nothing runs, so nothing is checked.
+options:
+  _terms:
+    description: C(rollback) or C(deploy) (check the request, return the hosts pattern), or C(request).
+    required: true
+"""
+
+EXAMPLES = r"""
+- name: Check the request (refused here, before any task)
+  hosts: "{{ lookup('rollback_guard', 'rollback') }}"
+  gather_facts: false
+  tasks: []
+"""
+
+RETURN = r"""
+_raw:
+  description: C(localhost) for a check, or the request (a dict) for C(request).
+"""
+
+
+def _load_helper(name: str):
+    """Import a module of plugins/module_utils as `ansible.module_utils.<name>`, as the callback sees it."""
+    try:
+        return importlib.import_module(f"ansible.module_utils.{name}")
+    except ImportError:
+        import ansible.module_utils  # noqa: PLC0415 - only when ansible.cfg's module_utils is not ours
+
+        ansible.module_utils.__path__.append(str(Path(__file__).resolve().parent.parent / "module_utils"))
+        return importlib.import_module(f"ansible.module_utils.{name}")
+
+
+guard = _load_helper("audit_guard")
+audit_run = _load_helper("audit_run")
+LISTING = ("syntax", "listhosts", "listtasks", "listtags")
+NOT_AUDITED = (
+    "the audit callback rollback_audit is not running, so this run would leave no audit record: keep"
+    " rollback_audit in ansible.cfg's callbacks_enabled (and in ANSIBLE_CALLBACKS_ENABLED if you set it)"
+    f" and run again; {guard.NOTHING_DONE}."
+)
+
+
+class LookupModule(LookupBase):
+    def run(self, terms, variables=None, **kwargs):
+        what = str(terms[0]) if terms else ""
+        session = audit_run.active()
+        if what == "request":
+            if session is None or session.request is None:
+                raise AnsibleLookupError("the request has not been checked: the first play must use rollback_guard")
+            return [session.request]
+        if what not in guard.REQUEST_INPUTS:
+            raise AnsibleLookupError(f"rollback_guard takes one of {', '.join(guard.REQUEST_INPUTS)} or request")
+        if any(context.CLIARGS.get(option) for option in LISTING):
+            return ["localhost"]  # nothing runs: nothing to guard
+        if session is not None and session.request is not None:  # the play's keywords are templated twice
+            problem = session.refusal or session.request_problem
+        else:
+            project = os.path.dirname(os.path.abspath(C.CONFIG_FILE)) if C.CONFIG_FILE else os.getcwd()
+            verdict = guard.check_request(guard.from_ansible(what, project))
+            if session is None:
+                problem = verdict.refusal or NOT_AUDITED
+            else:
+                problem = session.record_request(verdict)
+        if problem:
+            raise AnsibleLookupError(problem)
+        return ["localhost"]
