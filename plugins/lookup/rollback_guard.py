@@ -32,11 +32,13 @@ description:
     the run's C(request) record, and reads this run's records back from the audit file and, when
     configured, PostgreSQL (required for production-like environments): the run goes on only if both
     were written, sealed, by this very process. A disabled callback means a refusal.
-  - C(lookup('rollback_guard', 'request')) returns the request as checked (for the roles).
+  - C(lookup('rollback_guard', 'request')) returns the request as checked (for the roles), and
+    C(lookup('rollback_guard', 'audit_status')) the audit's state - C(ok), or C(error - <reason>) when
+    the audit file broke during the run (for the alert).
   - With C(--syntax-check) and the C(--list-*) options nothing runs, so nothing is checked.
 options:
   _terms:
-    description: C(rollback) or C(deploy) (check the request, return the hosts pattern), or C(request).
+    description: C(rollback) or C(deploy) (check the request, return the hosts pattern), C(request) or C(audit_status).
     required: true
 """
 
@@ -82,6 +84,8 @@ class LookupModule(LookupBase):
             if session is None or session.request is None:
                 raise AnsibleLookupError("the request has not been checked: the first play must use rollback_guard")
             return [session.request]
+        if what == "audit_status":
+            return ["error: the rollback_audit callback is not running" if session is None else session.status]
         if what not in guard.REQUEST_INPUTS:
             raise AnsibleLookupError(f"rollback_guard takes one of {', '.join(guard.REQUEST_INPUTS)} or request")
         if any(context.CLIARGS.get(option) for option in LISTING):

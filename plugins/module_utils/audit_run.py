@@ -112,7 +112,8 @@ class AuditSession:
             pending, self.pending = self.pending, None
             pending()
         if result.pg_error:
-            self._warn(f"the PostgreSQL copy did not take the {body['kind']} record: {result.pg_error}")
+            where = f" (file seq {result.record['seq']})" if result.record and not result.file_error else ""
+            self._warn(f"the PostgreSQL copy did not take the {body['kind']} record{where}: {result.pg_error}")
         return result
 
     def start(self) -> None:
