@@ -70,10 +70,34 @@ guard = _load_helper("audit_guard")
 audit_run = _load_helper("audit_run")
 LISTING = ("syntax", "listhosts", "listtasks", "listtags")
 NOT_AUDITED = (
-    "the audit callback rollback_audit is not running, so this run would leave no audit record: keep"
+    "the audit callback rollback_audit is not running, so the run would go unaudited: keep"
     " rollback_audit in ansible.cfg's callbacks_enabled (and in ANSIBLE_CALLBACKS_ENABLED if you set it)"
     f" and run again; {guard.NOTHING_DONE}."
 )
+
+
+def _record_without_callback(request: dict, problem: str) -> None:
+    """The callback is not running: still leave the start, request and end records of this refusal."""
+    from ansible.plugins.loader import callback_loader  # noqa: PLC0415 - only on this path
+    from ansible.release import __version__  # noqa: PLC0415
+
+    try:
+        callback = callback_loader.get("rollback_audit")
+        callback.set_options()
+        playbook = str((context.CLIARGS.get("args") or [""])[0])
+        session = audit_run.AuditSession(
+            path=callback.resolve_path(os.path.dirname(os.path.abspath(playbook))),
+            playbook_file=playbook,
+            check_mode=bool(context.CLIARGS.get("check")),
+            ansible_version=__version__,
+            group=callback.get_option("file_group") or None,
+            pg_dsn=callback.get_option("pg_dsn") or None,
+        )
+        session.start()
+        session.record_request(guard.Verdict(request, problem))
+        session.finish()
+    except Exception:  # noqa: S110 - the refusal stands whether or not it could be recorded
+        pass
 
 
 class LookupModule(LookupBase):
@@ -97,6 +121,7 @@ class LookupModule(LookupBase):
             verdict = guard.check_request(guard.from_ansible(what, project))
             if session is None:
                 problem = verdict.refusal or NOT_AUDITED
+                _record_without_callback(verdict.request, problem)
             else:
                 problem = session.record_request(verdict)
         if problem:

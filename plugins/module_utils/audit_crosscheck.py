@@ -106,7 +106,7 @@ def run_audit_verify(params: dict, check_mode: bool = False, diff: bool = False)
         return {**result, "failed": True, "ok": False, "msg": f"Audit chain of {path} is {file_report.summary()}"}
     if pg_report is not None and not pg_report.ok:
         msg = f"The PostgreSQL copy of the audit is {pg_report.summary()}"
-        return {**result, "failed": True, "ok": False, "msg": msg}
+        return {**result, "broken": vars(pg_report.broken).copy(), "failed": True, "ok": False, "msg": msg}
     if file_report is not None and pg_report is not None:
         broken = crosscheck(lines, rows, warnings)
         if broken is not None:
