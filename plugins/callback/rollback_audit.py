@@ -142,6 +142,7 @@ class CallbackModule(CallbackBase):
         self.session = None
         self._previous_handlers: dict[int, object] = {}
         self._writing_signal: int | None = None
+        self._shown = 0
         super().__init__(display=display, options=options)
 
     def resolve_path(self, playbook_dir: str) -> str:
@@ -152,9 +153,14 @@ class CallbackModule(CallbackBase):
             path = os.path.join(base, path)
         return os.path.normpath(path)
 
-    def _warn(self, message: str | None) -> None:
-        if message and self._writing_signal is None:  # the display may be mid-write when a signal arrives
-            self._display.warning(f"rollback_audit: {message}")
+    def _warn(self, message: str | None = None) -> None:
+        """Show the session's warnings not shown yet (not from a signal handler: the display may be mid-write)."""
+        session = self.session
+        if session is None or self._writing_signal is not None:
+            return
+        for warning in session.warnings[self._shown :]:
+            self._display.warning(f"rollback_audit: {warning}")
+        self._shown = len(session.warnings)
 
     # -- run life cycle ------------------------------------------------------------------------
     def v2_playbook_on_start(self, playbook):
@@ -177,8 +183,7 @@ class CallbackModule(CallbackBase):
         self._install_signal_handlers()
         atexit.register(self._at_exit)
         self.session.start()
-        for warning in self.session.warnings:
-            self._warn(warning)
+        self._warn()
 
     def _install_signal_handlers(self) -> None:
         for name in SIGNALS:
@@ -220,13 +225,14 @@ class CallbackModule(CallbackBase):
         if session is not None and not session.finished and os.getpid() == session.pid:
             error = None if session.refusal else "Ansible stopped before its recap (an error in the playbook or engine)"
             session.finish(error=error)
+            self._warn()
 
     # -- steps -------------------------------------------------------------------------------
     def _step(self, task, handler: bool):
         session = self.session
         name = steps_model.step_name(role_of(task), session.play_name, handler)
-        step, warning = session.enter_step(name)
-        self._warn(warning)
+        step, _ = session.enter_step(name)
+        self._warn()
         return step
 
     def _task_started(self, task, handler: bool) -> None:
@@ -276,7 +282,8 @@ class CallbackModule(CallbackBase):
     def v2_playbook_on_no_hosts_matched(self):
         if self.session is not None:
             self.session.steps.no_hosts.append(self.session.play_name)
-            self._warn(f"the play {self.session.play_name!r} matched no host: the run cannot succeed")
+            self.session.warnings.append(f"the play {self.session.play_name!r} matched no host: the run cannot succeed")
+            self._warn()
 
     def v2_playbook_on_task_start(self, task, is_conditional):
         self._task_started(task, handler=False)
@@ -314,6 +321,4 @@ class CallbackModule(CallbackBase):
         session.finish(recap=recap)
         self._restore_signal_handlers()
         atexit.unregister(self._at_exit)
-        for warning in session.warnings:
-            if "at the end" in warning:
-                self._warn(warning)
+        self._warn()
