@@ -249,7 +249,7 @@ def check_request(given: GuardInput) -> Verdict:
             what = "env is missing" if not env else f"env={env} is not an environment of the inventory"
             raise GuardRefused(f"{what}: give -e env=<one of {', '.join(envs)}>; {NOTHING_DONE}.")
         hosts = list(given.groups[env])
-        request["databases"] = hosts
+        request["targets"] = hosts
         if not request["reason"]:
             raise GuardRefused(f'reason is empty: say why with -e reason="..."; {NOTHING_DONE}.')
         if PRODUCTION_GROUP not in given.groups:

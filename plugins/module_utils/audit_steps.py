@@ -27,8 +27,22 @@ STEP_PREFIX = "rollback_"
 HANDLER_STEP = "notify"
 OUTCOMES = ("failed", "rescued", "changed", "ok", "skipped")
 FACTS_KEY = "rollback_audit"
+# The record's own fields and the request's (audit_guard): no step may publish these names.
 RESERVED_KEYS = frozenset(
     {
+        "awx_job_id",
+        "awx_job_template",
+        "environment",
+        "job_url",
+        "limit",
+        "operator",
+        "operator_note",
+        "operator_source",
+        "production_like",
+        "reason",
+        "targets",
+        "ticket",
+        "tunables",
         "audit_file",
         "audit_warnings",
         "check_mode",

@@ -170,7 +170,7 @@ def test_succeeding_run(tmp_path, audit):
     assert end["outcome"] == "succeeded" and end["status"] == "completed"
     assert [s["name"] for s in end["steps"]] == ["preflight", "flag", "schema", "notify", "Stand-in rollback"]
     assert {s["name"]: s["hosts"] for s in end["steps"]}["schema"] == 2
-    assert end["operator"] == "alice" and end["ticket"] == "INC-123" and end["awx_job_id"] == 42
+    assert end["target_revision"] == "0001_legacy" and end["plan"]["db-eu"]["drops"] == 3
     assert end["flag"]["previous_state"] == "enabled" and end["flag"]["state"] == "disabled"
     assert end["databases"]["db-us"]["revision_after"] == "0001_legacy"
     assert end["recap"]["db-eu"]["failures"] == 0
@@ -229,7 +229,7 @@ def test_secrets_never_reach_the_audit_file(tmp_path, audit):
     end = result.end()
     assert end["api_token"] == "<censored: secret>"
     assert "leaked" not in end
-    assert end["reason"] == "go/no-go failed: 5xx rate up (key <censored: secret>)"
+    assert end["note"] == "go/no-go failed: 5xx rate up (key <censored: secret>)"
     message = next(s for s in end["steps"] if s["name"] == "schema")["failure"]["message"]
     assert message.count("<censored: secret>") == 2
 
@@ -273,7 +273,7 @@ def test_interrupted_run_is_recorded_as_aborted(tmp_path, audit, signame, return
     end = records[-1]
     assert end["outcome"] == f"aborted by signal {signame}" and end["status"] == "aborted"
     assert [s["name"] for s in end["steps"]] == ["preflight", "flag"]
-    assert end["operator"] == "alice"
+    assert end["target_revision"] == "0001_legacy"
     assert verify_file(audit) == "ok: 2 records, 1 runs, 1 aborted"
 
 
@@ -343,7 +343,7 @@ def tampered(two_runs: Path, tmp_path: Path, change) -> Path:
 
 
 def _edit(lines):
-    lines[1] = lines[1].replace(b'"operator":"alice"', b'"operator":"mallory"')
+    lines[1] = lines[1].replace(b'"target_revision":"0001_legacy"', b'"target_revision":"0002_data_transformation"')
 
 
 def _delete(lines):

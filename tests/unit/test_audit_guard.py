@@ -70,7 +70,7 @@ def test_a_sound_production_request_is_accepted_and_described(inventory_loader):
     assert request["environment"] == "prod" and request["production_like"] is True
     assert (request["reason"], request["ticket"]) == ("go/no-go failed", "INC-1")
     assert (request["operator"], request["operator_source"]) == ("alice", "os_user")
-    assert request["databases"] == ["prod-eu", "prod-us"]
+    assert request["targets"] == ["prod-eu", "prod-us"]
     assert request["tunables"] == {} and request["limit"] is None and request["job_url"] == ""
 
 

@@ -87,7 +87,7 @@ def test_an_alert_is_sent(runs, label):
 
 
 def test_the_audit_chain_is_intact(audit_verify):
-    assert audit_verify() == "ok: 4 records, 2 runs, 0 aborted"
+    assert audit_verify() == "ok: 6 records, 2 runs, 0 aborted"
 
 
 def test_no_secret_leaked(stack, scenario, runs):
