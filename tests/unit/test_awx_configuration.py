@@ -293,7 +293,8 @@ def test_credential_types_inject_every_interface_secret_as_env_only():
             assert all(fields[field].get("secret") is True for field in used), f"{name} comes from a non-secret field"
             injected.add(name)
     assert interface_secrets() == {
-        "FF_API_KEY", "PGPASSWORD", "ROLLBACK_DB_DSN", "SLACK_WEBHOOK_URL", "ROLLBACK_AUDIT_KEY", "ROLLBACK_AUDIT_PG_DSN",
+        "FF_API_KEY", "PGPASSWORD", "ROLLBACK_DB_DSN", "SLACK_WEBHOOK_URL",
+        "ROLLBACK_AUDIT_KEY", "ROLLBACK_AUDIT_PG_DSN",
     }  # fmt: skip
     # ... and those the notify role reads from the environment beside them: its SMTP login.
     assert injected == interface_secrets() | {"SMTP_USERNAME", "SMTP_PASSWORD"}
