@@ -36,7 +36,7 @@ bench: setup
 ## make test — lint, every test and every molecule drill.
 test: setup lint pytest molecule
 
-setup: $(VENV)/.installed rehearsal/node_modules/.installed .cache/prometheus.installed
+setup: $(VENV)/.installed rehearsal/node_modules/.installed .cache/prometheus.installed .cache/ci-tools.installed
 
 $(VENV)/.installed: requirements.lock
 	@test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,15 @@ rehearsal/node_modules/.installed: rehearsal/package-lock.json
 	@command -v prometheus >/dev/null || { \
 	  command -v apt-get >/dev/null || { echo "setup: Prometheus is missing and this is not Debian/Ubuntu: install prometheus (2.x) and rerun." >&2; exit 1; }; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@touch $@
+
+# Debian's Groovy (2.4, the Groovy Jenkins runs Pipelines with; on Java 17) and shellcheck, for the
+# Jenkinsfile's checks (tests/tooling/test_ci_jenkins.py).
+.cache/ci-tools.installed:
+	@mkdir -p .cache
+	@command -v groovy >/dev/null && command -v shellcheck >/dev/null && test -e /usr/lib/jvm/default-java || { \
+	  command -v apt-get >/dev/null || { echo "setup: groovy or shellcheck is missing and this is not Debian/Ubuntu: install groovy (2.4), a Java 17 runtime and shellcheck, and rerun." >&2; exit 1; }; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends groovy shellcheck default-jre-headless >/dev/null; }
 	@touch $@
 
 lint: setup

@@ -25,8 +25,6 @@ def project() -> Path:
 
 
 def use_module_utils() -> None:
-    import ansible.module_utils  # noqa: PLC0415 - only the floor and the redeploy need it
+    from plugins.plugin_utils.module_utils_path import add_module_utils_path  # noqa: PLC0415 - floor and redeploy
 
-    path = str(project() / "plugins" / "module_utils")
-    if path not in ansible.module_utils.__path__:
-        ansible.module_utils.__path__.append(path)
+    add_module_utils_path(project())

@@ -39,11 +39,12 @@ from bench.scenarios import (
     measure_p3,
     measure_p4,
     measure_profile,
+    measure_stress,
     measure_task_overhead,
 )
 from rehearsal.stack import Stack
 
-PARTS = ("p1", "p2", "profile", "overhead", "p4", "p3")
+PARTS = ("p1", "p2", "profile", "overhead", "p4", "p3", "stress")
 
 
 def _numbers(text: str, kind=int) -> list:
@@ -59,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--p3-runs", type=int, default=8, help="P3 flag toggles per refresh interval (default 8)")
     parser.add_argument("--profile-runs", type=int, default=3, help="profiled playbook runs (default 3)")
     parser.add_argument("--rate", type=float, default=200, help="P4 load in requests/s (default 200)")
+    parser.add_argument("--stress-runs", type=int, default=20, help="stress: rollbacks in a row (default 20)")
+    parser.add_argument("--stress-databases", type=int, default=100, help="stress: databases each (default 100)")
     parser.add_argument("--only", help=f"comma list of parts to run, of {','.join(PARTS)} (default all)")
     parser.add_argument("--run-dir", type=Path, default=ROOT / ".run" / "bench", help="the stack's run folder")
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="raw data folder (default bench/out)")
@@ -126,7 +129,18 @@ def main(argv: list[str] | None = None) -> int:
         write_report(json.loads(results_file.read_text()), args.report_dir)
         log(f"wrote {args.report_dir / 'RESULTS.md'} and the plots from {results_file}")
         return 0
-    options = ("runs", "fanout", "fanout_runs", "refresh", "p3_runs", "profile_runs", "rate", "parts")
+    options = (
+        "runs",
+        "fanout",
+        "fanout_runs",
+        "refresh",
+        "p3_runs",
+        "profile_runs",
+        "rate",
+        "stress_runs",
+        "stress_databases",
+        "parts",
+    )
     results: dict = {"machine": machine_info(), "options": {key: getattr(args, key) for key in options}}
     log(f"machine: {results['machine']}")
     # `kill <pid>` ends the run like Ctrl-C: the stack goes down and the report is written.
@@ -154,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def measure_all(args: argparse.Namespace, stack: Stack, results: dict, results_file: Path) -> int:
     """Stack up, one deploy.yml and a warm-up, then each part; 1 if a part failed (the others still run)."""
-    tenants = max(args.fanout) - 1 if "p2" in args.parts else 0
+    tenants = (
+        max([*(args.fanout if "p2" in args.parts else []), args.stress_databases if "stress" in args.parts else 1]) - 1
+    )
     log(f"stack: up in {args.run_dir} with {tenants} tenant database(s)")
     results["stack_up_seconds"] = stack.up(ports="auto", tenants=tenants, refresh_interval=1.0)["total"]
     stack.reset()
@@ -174,6 +190,7 @@ def measure_all(args: argparse.Namespace, stack: Stack, results: dict, results_f
         "overhead": lambda: measure_task_overhead(ctx),
         "p4": lambda: measure_p4(ctx, rate=args.rate),
         "p3": lambda: measure_p3(ctx, args.refresh, args.p3_runs),
+        "stress": lambda: measure_stress(ctx, args.stress_databases, args.stress_runs),
     }
     code = 0
     for part in (p for p in PARTS if p in args.parts):

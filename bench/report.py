@@ -64,6 +64,9 @@ def write_report(results: dict, folder: Path) -> None:
     (folder / "RESULTS.md").write_text("\n".join(lines).rstrip() + "\n")
 
 
+PARTS_IN_ORDER = ("p1", "p2", "profile", "overhead", "p4", "p3", "stress")
+
+
 def render(results: dict) -> list[str]:
     m, o = results["machine"], results.get("options", {})
     lines = [
@@ -99,7 +102,7 @@ def render(results: dict) -> list[str]:
                 f"P3 refresh {o.get('refresh')} s x {o.get('p3_runs')} toggles; profile {o.get('profile_runs')} runs; "
                 f"P4 {o.get('rate')} req/s",
             ],
-            ["parts measured", ", ".join(k for k in ("p1", "p2", "profile", "overhead", "p4", "p3") if k in results)],
+            ["parts measured", ", ".join(k for k in PARTS_IN_ORDER if k in results)],
         ],
     )
     if results.get("error"):
@@ -117,7 +120,30 @@ def render(results: dict) -> list[str]:
         lines += p4_section(results["p4"])
     if results.get("profile"):
         lines += profile_section(results["profile"], results.get("overhead"), results.get("p1"))
+    if results.get("stress"):
+        lines += stress_section(results["stress"])
     return lines
+
+
+def stress_section(stress: dict) -> list[str]:
+    """The many-database revert run again and again: hangs counted, not timed."""
+    verdict = "no run hung" if not stress["hung"] else f"**{stress['hung']} run(s) hung**"
+    lines = [
+        "## Stress: the many-database revert, again and again",
+        "",
+        f"{stress['runs']} rollbacks in a row of {stress['databases']} databases through `ansible-playbook`"
+        " (each after a redeploy), every one under the playbook watchdog that kills a run outliving its timeout:"
+        f" {verdict}; {stress['failed']} failed; {stress['ok']} succeeded.",
+        "",
+    ]
+    lines += table(
+        ["", "median (min-max)"],
+        [["rollback, launch to exit", s(stress.get("wall"))], ["schema step", s(stress.get("schema"))]],
+    )
+    for outcome in stress["raw"]:
+        if outcome["outcome"] != "ok":
+            lines.append(f"- run {outcome['run']}: {outcome['outcome']}: {outcome.get('error', '')}")
+    return [*lines, ""]
 
 
 def summary_table(results: dict) -> list[str]:

@@ -189,6 +189,42 @@ def measure_p2(ctx: Context, counts: list[int], runs: int) -> dict:
     return {"points": points, "fit": fits}
 
 
+# -- the stress run: no hang in many many-database rollbacks ------------------------------------------
+def measure_stress(ctx: Context, databases: int, runs: int) -> dict:
+    """`runs` rollbacks of `databases` databases through ansible-playbook in a row, each after a redeploy.
+
+    Not a timing: a count of the runs that did not end (the playbook's watchdog kills a run that
+    outlives PLAYBOOK_TIMEOUT and every process it started) and of the runs that failed.
+    """
+    ctx.log(f"stress: {runs} rollbacks of {databases} databases in a row through ansible-playbook")
+    names = ctx.tenants(databases)
+    outcomes = []
+    for run in range(1, runs + 1):
+        redeploy(ctx.stack, names)
+        try:
+            result = ctx.playbook(f"stress-{databases}", names)
+        except PlaybookHung as exc:
+            outcomes.append({"run": run, "outcome": "hung", "error": str(exc)})
+        except RuntimeError as exc:
+            outcomes.append({"run": run, "outcome": "failed", "error": str(exc).splitlines()[0]})
+        else:
+            outcomes.append(
+                {"run": run, "outcome": "ok", "wall": result.timed.wall, "schema": result.step_seconds("schema")}
+            )
+        ctx.log(f"  stress {run}/{runs}: {outcomes[-1]['outcome']}")
+    ok = [o for o in outcomes if o["outcome"] == "ok"]
+    return {
+        "databases": databases,
+        "runs": runs,
+        "ok": len(ok),
+        "hung": sum(o["outcome"] == "hung" for o in outcomes),
+        "failed": sum(o["outcome"] == "failed" for o in outcomes),
+        "wall": summary([o["wall"] for o in ok]),
+        "schema": summary([o["schema"] for o in ok]),
+        "raw": outcomes,
+    }
+
+
 # -- the profile ---------------------------------------------------------------------------------
 _RECAP_LINE = re.compile(r"^(?P<name>.+?) -{2,} (?P<seconds>\d+(?:\.\d+)?)s$")
 _TASK_KEYWORDS = {

@@ -1,1 +1,1 @@
-feature_flag.py
+runbook_plugin.py

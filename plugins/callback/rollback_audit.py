@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import atexit
 import fnmatch
-import importlib
 import os
+import runpy
 import signal
 from pathlib import Path
 
@@ -102,20 +102,12 @@ options:
 """
 
 
-def _load_helper(name: str):
-    """Import a module of plugins/module_utils as `ansible.module_utils.<name>`, as the modules see it."""
-    try:
-        return importlib.import_module(f"ansible.module_utils.{name}")
-    except ImportError:
-        import ansible.module_utils  # noqa: PLC0415 - only when ansible.cfg's module_utils is not ours
-
-        ansible.module_utils.__path__.append(str(Path(__file__).resolve().parent.parent / "module_utils"))
-        return importlib.import_module(f"ansible.module_utils.{name}")
-
-
-audit_run = _load_helper("audit_run")
-steps_model = _load_helper("audit_steps")
-redaction = _load_helper("audit_redact")
+runpy.run_path(str(Path(__file__).resolve().parent.parent / "plugin_utils" / "module_utils_path.py"))[
+    "add_module_utils_path"
+]()
+from ansible.module_utils import audit_redact as redaction  # noqa: E402
+from ansible.module_utils import audit_run  # noqa: E402
+from ansible.module_utils import audit_steps as steps_model  # noqa: E402
 
 SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 _INCLUDES = ("include_role", "import_role", "include_tasks", "import_tasks")

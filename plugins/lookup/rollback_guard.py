@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
 import os
+import runpy
 from pathlib import Path
 
 from ansible import constants as C
@@ -55,19 +55,11 @@ _raw:
 """
 
 
-def _load_helper(name: str):
-    """Import a module of plugins/module_utils as `ansible.module_utils.<name>`, as the callback sees it."""
-    try:
-        return importlib.import_module(f"ansible.module_utils.{name}")
-    except ImportError:
-        import ansible.module_utils  # noqa: PLC0415 - only when ansible.cfg's module_utils is not ours
-
-        ansible.module_utils.__path__.append(str(Path(__file__).resolve().parent.parent / "module_utils"))
-        return importlib.import_module(f"ansible.module_utils.{name}")
-
-
-guard = _load_helper("audit_guard")
-audit_run = _load_helper("audit_run")
+runpy.run_path(str(Path(__file__).resolve().parent.parent / "plugin_utils" / "module_utils_path.py"))[
+    "add_module_utils_path"
+]()
+from ansible.module_utils import audit_guard as guard  # noqa: E402
+from ansible.module_utils import audit_run  # noqa: E402
 LISTING = ("syntax", "listhosts", "listtasks", "listtags")
 NOT_AUDITED = (
     "the audit callback rollback_audit is not running, so the run would go unaudited: keep"

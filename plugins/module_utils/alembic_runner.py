@@ -28,8 +28,6 @@ import io
 import os
 import random
 import re
-import signal
-import sys
 import time
 from datetime import UTC, datetime
 
@@ -70,6 +68,7 @@ from ansible.module_utils.schema_errors import (
     RefusedError,
     SchemaError,
 )
+from ansible.module_utils.worker_pool import run_jobs
 
 BASE = "base"
 
@@ -94,6 +93,7 @@ def job_defaults() -> dict:
         "expected_sql_sha256": None,
         "application_name": APPLICATION_NAME,
         "connect_timeout": 10,
+        "database_timeout": None,  # the watchdog's budget with many databases; None: database_budget()
     }
 
 
@@ -495,41 +495,54 @@ def _run_downgrade(script: ScriptDirectory, conn, target: str) -> None:
 
 
 # -- many databases --------------------------------------------------------------------------------
-def _worker_init() -> None:
-    # A module's stdout is its JSON result: nothing a migration prints may reach it.
-    sys.stdout = open(os.devnull, "w")
-    # Forked from an Ansible worker (the action plugins run modules there), a child inherits its
-    # SIGTERM/SIGINT handlers, which raise: a child interrupted while it holds the pool's queue lock
-    # dies with it held and its siblings wait forever. Default handlers just end the child.
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+def database_budget(job: dict) -> float:
+    """Seconds one database may take before the watchdog stops its worker: `database_timeout`, else
+    the longest a healthy revert can take with the job's settings (connection, advisory lock, every
+    attempt at its statement timeout with backoff), plus a minute."""
+    if job.get("database_timeout"):
+        return float(job["database_timeout"])
+    full = {**job_defaults(), **{k: v for k, v in job.items() if v is not None}}
+    attempts = int(full["lock_attempts"])
+    per_attempt = float(full["statement_timeout"]) + float(full["lock_backoff_max"])
+    return float(full["connect_timeout"]) + float(full["advisory_lock_wait"]) + attempts * per_attempt + 60.0
 
 
-def revert_databases(jobs: list[dict], parallel: int = 2) -> list[dict]:
-    """revert_database() for every job, `parallel` worker processes at a time, results in job order.
+def _lost_database(job: dict, reason: str) -> dict:
+    """The result of a database whose worker hung or died: failed, with the state to check."""
+    return {
+        "name": job.get("name"),
+        "changed": False,
+        "failed": True,
+        "check_mode": bool(job.get("check_mode")),
+        "run_id": job.get("run_id"),
+        "to_revision": None,
+        "attempts": 0,
+        "attempt_log": [],
+        "lock_wait_seconds": 0.0,
+        "msg": redact(
+            f"Cannot tell whether the revert finished: {reason}. Its transaction was not committed by this run "
+            "unless the database now reports the target revision: read its state (status.yml) before running again.",
+            job.get("dsn"),
+        ),
+    }
 
-    Workers are forked after the script directory is loaded here, so each starts with alembic,
-    SQLAlchemy and the revisions already imported; a worker handles many databases in turn.
+
+def revert_databases(jobs: list[dict], parallel: int = 2, database_timeout: float | None = None) -> list[dict]:
+    """revert_database() for every job, at most `parallel` at a time, results in job order.
+
+    With more than one worker, each is a new interpreter (plugins/module_utils/worker_pool.py: no
+    fork of this process, whose threads' locks a forked child would inherit), with a watchdog per
+    database: a database that takes longer than its budget (`database_timeout`, or
+    database_budget()) is reported failed, and every other database is still reverted and reported.
     """
-    for job in jobs:
-        with contextlib.suppress(SchemaError):
-            load_script(job.get("script_location") or "migrations", job.get("version_locations"))
+    if database_timeout:
+        jobs = [{**job, "database_timeout": database_timeout} for job in jobs]
     workers = max(1, min(int(parallel), len(jobs)))
     if workers == 1:
         return [revert_database(job) for job in jobs]
-    import multiprocessing  # noqa: PLC0415 - only the many-databases mode needs it
-
-    pool = multiprocessing.get_context("fork").Pool(processes=workers, initializer=_worker_init)
-    try:
-        results = pool.map(revert_database, jobs, chunksize=1)
-    except BaseException:
-        pool.terminate()
-        raise
-    else:
-        pool.close()  # let the workers finish on their own: terminate() (SIGTERM) only on error
-    finally:
-        pool.join()
-    return results
+    return run_jobs(
+        "ansible.module_utils.alembic_runner:revert_database", jobs, workers, database_budget, _lost_database
+    )
 
 
 __all__ = [

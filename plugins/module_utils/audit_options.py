@@ -1,4 +1,4 @@
-"""Argument specs of the audit modules (audit_verify, audit_schema). Imports nothing optional."""
+"""The argument specs of audit_verify and audit_schema (import nothing optional)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ def audit_verify_spec() -> dict:
             "current_run_id": {"type": "str", "required": False},
         },
         "required_one_of": [["path", "pg_dsn"]],
-        "supports_check_mode": True,
     }
 
 
@@ -27,5 +26,4 @@ def audit_schema_spec() -> dict:
             "dsn": {"type": "str", "required": False, "no_log": True, "fallback": (env_fallback, [ADMIN_DSN_ENV])},
             "connect_timeout": {"type": "int", "default": 10},
         },
-        "supports_check_mode": True,
     }

@@ -164,3 +164,32 @@ def _timeout_message(behind: list[InstanceStatus], expected: str, timeout: float
         + "; ".join(parts)
         + ". Check that the flag is off and those instances refresh it (or restart them), then rerun."
     )
+
+
+def run_flag_propagation(params: dict, check_mode: bool = False, diff: bool = False) -> dict[str, Any]:
+    """The flag_propagation plugin: wait_for_path() with the task's options; never changes anything."""
+    try:
+        client = HttpClient(
+            timeout=params["request_timeout"],
+            max_wait=0,
+            validate_certs=params["validate_certs"],
+            ca_path=params["ca_path"],
+        )
+        warnings = list(
+            dict.fromkeys(w for url in params["status_urls"] for w in client.warnings_for(url, carries_secret=False))
+        )
+        result = wait_for_path(
+            client,
+            params["status_urls"],
+            expected_path=params["expected_path"],
+            path_key=params["path_key"],
+            timeout=params["timeout"],
+            interval=params["interval"],
+            cache_ttl=params["cache_ttl"],
+            check_mode=check_mode,
+        )
+    except BarrierTimeout as exc:
+        return {"changed": False, "failed": True, "msg": str(exc), **exc.result}
+    except (BarrierConfigError, HttpError) as exc:
+        return {"changed": False, "failed": True, "msg": str(exc)}
+    return {"changed": False, **result, "warnings": warnings}

@@ -1,8 +1,10 @@
 """The kill switch itself: read, compare, write only if needed, read back. Provider-independent.
 
-`switch_flag(provider, "disabled", check_mode=False, comment=...)` returns the module's result
-dict; it raises a `FlagError` (see flag_providers) when the flag could not be read, written, or
-confirmed in the new state. Nothing here knows about Ansible.
+`switch_flag(provider, "disabled", check_mode=False, comment=...)` returns the result dict; it
+raises a `FlagError` (see flag_providers) when the flag could not be read, written, or confirmed in
+the new state. `run_feature_flag(params, check_mode, diff)` is the feature_flag plugin's logic
+(plugins/module_utils/runbook_plugin.py): it builds the provider from the task's options and turns
+every failure into one sentence without the API key. Nothing here knows about Ansible.
 """
 
 from __future__ import annotations
@@ -10,9 +12,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ansible.module_utils.flag_providers import FlagProvider, FlagStateMismatch
-
-STATES = ("enabled", "disabled")
+from ansible.module_utils.flag_options import STATES
+from ansible.module_utils.flag_providers import FlagError, FlagProvider, FlagStateMismatch, make_provider
+from ansible.module_utils.http_client import HttpClient, HttpError, redact
 
 
 def state_name(enabled: bool) -> str:
@@ -71,3 +73,49 @@ def switch_flag(
     }
     result["notes"] = list(provider.notes)
     return result
+
+
+def run_feature_flag(params: dict, check_mode: bool = False, diff: bool = False) -> dict[str, Any]:
+    """The feature_flag plugin: bring the flag to params["state"], read it back (see the module's docs)."""
+    secrets = [params["api_key"]] if params.get("api_key") else []
+    result: dict[str, Any] = {
+        "changed": False,
+        "provider": params["provider"],
+        "flag": params["flag"],
+        "environment": params["environment"],
+        "attempts": 0,
+    }
+    warnings: list[str] = []
+    try:
+        client = HttpClient(
+            timeout=params["timeout"],
+            max_wait=params["max_wait"],
+            validate_certs=params["validate_certs"],
+            ca_path=params["ca_path"],
+            secrets=secrets,
+        )
+        warnings.extend(client.warnings_for(params["api_url"]))
+        provider = make_provider(
+            params["provider"],
+            client,
+            params["api_url"],
+            params["api_key"] or "",
+            params["flag"],
+            project=params["project"],
+            environment=params["environment"],
+            http_options={key: value for key, value in params.items() if key.startswith("http_")},
+        )
+        outcome = switch_flag(provider, params["state"], check_mode=check_mode, comment=params["comment"])
+    except (FlagError, HttpError) as exc:
+        result["attempts"] = getattr(exc, "attempts", 0)
+        failure = {"failed": True, "msg": redact(str(exc), secrets), "error_type": type(exc).__name__}
+        return {**result, **failure, "warnings": warnings}
+    except Exception as exc:  # an unexpected failure must still not leak the key
+        message = f"Cannot switch flag {params['flag']}: unexpected {type(exc).__name__}: {exc}"
+        failure = {"failed": True, "msg": redact(message, secrets), "error_type": type(exc).__name__}
+        return {**result, **failure, "warnings": warnings}
+    changes = outcome.pop("diff")
+    warnings.extend(redact(note, secrets) for note in outcome.pop("notes"))
+    if diff:
+        outcome["diff"] = changes
+    return {**outcome, "warnings": warnings}

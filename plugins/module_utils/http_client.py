@@ -41,15 +41,6 @@ MAX_MESSAGE = 200  # characters of a server's error text quoted in a message
 _jitter = random.SystemRandom()
 
 
-def http_argument_spec() -> dict[str, dict[str, Any]]:
-    """The HTTP options every module of ours shares; each module extends it with `.update()`."""
-    return {
-        "timeout": {"type": "float", "default": 5.0},
-        "validate_certs": {"type": "bool", "default": True},
-        "ca_path": {"type": "path"},
-    }
-
-
 class HttpError(Exception):
     """Base of every error this module raises; `str()` never contains a secret."""
 

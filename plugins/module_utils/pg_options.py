@@ -27,3 +27,38 @@ def database_argument_spec(parallel: int) -> dict:
         "application_name": {"type": "str", "default": "emergency-rollback"},
         "connect_timeout": {"type": "int", "default": 10},
     }
+
+
+def schema_migration_spec() -> dict:
+    """schema_migration's AnsibleModule arguments (documented in plugins/modules/schema_migration.py)."""
+    spec = database_argument_spec(parallel=2)
+    spec.update(
+        revision={"type": "str", "required": True},
+        lock_timeout={"type": "float", "default": 2.0},
+        lock_attempts={"type": "int", "default": 5},
+        lock_backoff={"type": "float", "default": 0.5},
+        lock_backoff_max={"type": "float", "default": 5.0},
+        statement_timeout={"type": "float", "default": 60.0},
+        expected_sql_sha256={"type": "raw"},
+        archive={"type": "bool", "default": True},
+        database_timeout={"type": "float"},
+    )
+    return {"argument_spec": spec, "mutually_exclusive": [("dsn", "databases")]}
+
+
+def schema_state_spec() -> dict:
+    """schema_state's AnsibleModule arguments (documented in plugins/modules/schema_state.py)."""
+    spec = database_argument_spec(parallel=4)
+    spec.update(
+        record_rollback_point={"type": "bool", "default": False},
+        error_rate_baseline={"type": "float"},
+        recorded_by={"type": "str"},
+        note={"type": "str"},
+        include_objects={"type": "bool", "default": False},
+        fingerprint={"type": "bool", "default": True},
+    )
+    return {
+        "argument_spec": spec,
+        "mutually_exclusive": [("dsn", "databases")],
+        "required_if": [("record_rollback_point", True, ("recorded_by",))],
+    }

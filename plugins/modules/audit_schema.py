@@ -75,18 +75,16 @@ grants:
   type: list
   elements: str
 """
-
-from ansible.module_utils.audit_options import audit_schema_spec
 from ansible.module_utils.audit_schema_run import run_audit_schema
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.audit_options import audit_schema_spec
+from ansible.module_utils.runbook_plugin import Plugin
+
+# The plugin, once: this module's main() and the action plugins/action/audit_schema.py both run it.
+PLUGIN = Plugin("audit_schema", audit_schema_spec, run_audit_schema)
 
 
 def main() -> None:
-    module = AnsibleModule(**audit_schema_spec())
-    result = run_audit_schema(module.params, check_mode=module.check_mode)
-    if result.pop("failed", False):
-        module.fail_json(**result)
-    module.exit_json(**result)
+    PLUGIN.main()
 
 
 if __name__ == "__main__":

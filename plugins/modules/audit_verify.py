@@ -139,18 +139,16 @@ postgresql:
   returned: when the audit could be read
   type: dict
 """
-
 from ansible.module_utils.audit_crosscheck import run_audit_verify
 from ansible.module_utils.audit_options import audit_verify_spec
-from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.runbook_plugin import Plugin
+
+# The plugin, once: this module's main() and the action plugins/action/audit_verify.py both run it.
+PLUGIN = Plugin("audit_verify", audit_verify_spec, run_audit_verify)
 
 
 def main() -> None:
-    module = AnsibleModule(**audit_verify_spec())
-    result = run_audit_verify(module.params, check_mode=module.check_mode)
-    if result.pop("failed", False):
-        module.fail_json(**result)
-    module.exit_json(**result)
+    PLUGIN.main()
 
 
 if __name__ == "__main__":

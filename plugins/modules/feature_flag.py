@@ -36,6 +36,8 @@ attributes:
   diff_mode:
     support: full
     description: Shows the flag's state before and after.
+extends_documentation_fragment:
+  - rollback_http
 options:
   provider:
     description: The flag system.
@@ -88,14 +90,6 @@ options:
         is not started; the task fails with the last error.
     type: float
     default: 30
-  validate_certs:
-    description:
-      - Verify the API's TLS certificate. Turning it off is reported as a warning; prefer I(ca_path).
-    type: bool
-    default: true
-  ca_path:
-    description: A CA bundle (PEM) to verify the API's certificate with, instead of the system's.
-    type: path
   http_method:
     description: "provider=http: the method that writes the state."
     type: str
@@ -234,86 +228,22 @@ error_type:
   sample: FlagAuthError
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+from ansible.module_utils.flag_options import feature_flag_spec
+from ansible.module_utils.runbook_plugin import Plugin
 
 try:
-    from ansible.module_utils.flag_providers import PROVIDERS, FlagError, make_provider
-    from ansible.module_utils.flag_switch import STATES, switch_flag
-    from ansible.module_utils.http_client import HttpClient, HttpError, http_argument_spec, redact
-
+    from ansible.module_utils.flag_switch import run_feature_flag
+except ImportError as exc:  # requests is missing on the controller
+    run_feature_flag, IMPORT_ERROR = None, exc
+else:
     IMPORT_ERROR = None
-except ImportError as exc:  # requests missing on the controller
-    IMPORT_ERROR = exc
 
-
-def argument_spec() -> dict:
-    spec = http_argument_spec()
-    spec.update(
-        provider={"type": "str", "required": True, "choices": list(PROVIDERS)},
-        api_url={"type": "str", "required": True},
-        api_key={"type": "str", "no_log": True, "fallback": (env_fallback, ["FF_API_KEY"])},
-        flag={"type": "str", "required": True},
-        project={"type": "str", "default": "default"},
-        environment={"type": "str", "default": "production"},
-        state={"type": "str", "default": "disabled", "choices": list(STATES)},
-        comment={"type": "str", "default": ""},
-        max_wait={"type": "float", "default": 30.0},
-        http_method={"type": "str", "default": "PATCH", "choices": ["PATCH", "PUT", "POST"]},
-        http_path={"type": "str", "default": "/api/v2/flags/{flag}"},
-        http_read_path={"type": "str"},
-        http_body={"type": "raw", "default": {"{flag}": "{enabled}"}},
-        http_state_path={"type": "str", "default": "{flag}"},
-        http_auth_scheme={"type": "str", "default": "api-key"},
-    )
-    return spec
+# The plugin, once: this module's main() and the action plugins/action/feature_flag.py both run it.
+PLUGIN = Plugin("feature_flag", feature_flag_spec, run_feature_flag, requires="requests", import_error=IMPORT_ERROR)
 
 
 def main() -> None:
-    if IMPORT_ERROR is not None:
-        AnsibleModule(argument_spec={}, supports_check_mode=True).fail_json(
-            msg=missing_required_lib("requests"), exception=str(IMPORT_ERROR)
-        )
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    params = module.params
-    secrets = [params["api_key"]] if params["api_key"] else []
-    result = {"changed": False, "provider": params["provider"], "flag": params["flag"], "attempts": 0}
-    result["environment"] = params["environment"]
-    try:
-        client = HttpClient(
-            timeout=params["timeout"],
-            max_wait=params["max_wait"],
-            validate_certs=params["validate_certs"],
-            ca_path=params["ca_path"],
-            secrets=secrets,
-        )
-        for warning in client.warnings_for(params["api_url"]):
-            module.warn(warning)
-        provider = make_provider(
-            params["provider"],
-            client,
-            params["api_url"],
-            params["api_key"] or "",
-            params["flag"],
-            project=params["project"],
-            environment=params["environment"],
-            http_options={key: params[key] for key in params if key.startswith("http_")},
-        )
-        outcome = switch_flag(provider, params["state"], check_mode=module.check_mode, comment=params["comment"])
-    except (FlagError, HttpError) as exc:
-        result["attempts"] = getattr(exc, "attempts", 0)
-        module.fail_json(msg=redact(str(exc), secrets), error_type=type(exc).__name__, **result)
-    except Exception as exc:  # an unexpected failure must still not leak the key
-        module.fail_json(
-            msg=redact(f"Cannot switch flag {params['flag']}: unexpected {type(exc).__name__}: {exc}", secrets),
-            error_type=type(exc).__name__,
-            **result,
-        )
-    diff = outcome.pop("diff")
-    for note in outcome.pop("notes"):
-        module.warn(redact(note, secrets))
-    if module._diff:
-        outcome["diff"] = diff
-    module.exit_json(**outcome)
+    PLUGIN.main()
 
 
 if __name__ == "__main__":

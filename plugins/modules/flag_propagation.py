@@ -26,6 +26,8 @@ attributes:
     description: Polls each instance once and reports what it says; does not wait and does not fail on a straggler.
   diff_mode:
     support: none
+extends_documentation_fragment:
+  - rollback_http
 options:
   status_urls:
     description: The status URL of every application instance, e.g. C(https://app-1.example.com/status).
@@ -58,13 +60,6 @@ options:
     description: Seconds for one status request (connect and read).
     type: float
     default: 5
-  validate_certs:
-    description: Verify the instances' TLS certificates. Turning it off is reported as a warning; prefer I(ca_path).
-    type: bool
-    default: true
-  ca_path:
-    description: A CA bundle (PEM) to verify the instances' certificates with.
-    type: path
 notes:
   - "Runs on the controller; use C(delegate_to: localhost) and C(run_once) per environment."
 seealso:
@@ -133,64 +128,24 @@ instances:
       type: int
 """
 
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.flag_options import flag_propagation_spec
+from ansible.module_utils.runbook_plugin import Plugin
 
 try:
-    from ansible.module_utils.flag_barrier import BarrierConfigError, BarrierTimeout, wait_for_path
-    from ansible.module_utils.http_client import HttpClient, HttpError, http_argument_spec
-
+    from ansible.module_utils.flag_barrier import run_flag_propagation
+except ImportError as exc:  # requests is missing on the controller
+    run_flag_propagation, IMPORT_ERROR = None, exc
+else:
     IMPORT_ERROR = None
-except ImportError as exc:  # requests missing on the controller
-    IMPORT_ERROR = exc
 
-
-def argument_spec() -> dict:
-    spec = http_argument_spec()
-    spec["request_timeout"] = spec.pop("timeout")
-    spec.update(
-        status_urls={"type": "list", "elements": "str", "default": []},
-        expected_path={"type": "str", "default": "legacy"},
-        path_key={"type": "str", "default": "path"},
-        timeout={"type": "float", "default": 60.0},
-        interval={"type": "float", "default": 1.0},
-        cache_ttl={"type": "float", "default": 0.0},
-    )
-    return spec
+# The plugin, once: this module's main() and the action plugins/action/flag_propagation.py both run it.
+PLUGIN = Plugin(
+    "flag_propagation", flag_propagation_spec, run_flag_propagation, requires="requests", import_error=IMPORT_ERROR
+)
 
 
 def main() -> None:
-    if IMPORT_ERROR is not None:
-        AnsibleModule(argument_spec={}, supports_check_mode=True).fail_json(
-            msg=missing_required_lib("requests"), exception=str(IMPORT_ERROR)
-        )
-    module = AnsibleModule(argument_spec=argument_spec(), supports_check_mode=True)
-    params = module.params
-    try:
-        client = HttpClient(
-            timeout=params["request_timeout"],
-            max_wait=0,
-            validate_certs=params["validate_certs"],
-            ca_path=params["ca_path"],
-        )
-        for warning in dict.fromkeys(
-            w for url in params["status_urls"] for w in client.warnings_for(url, carries_secret=False)
-        ):
-            module.warn(warning)
-        result = wait_for_path(
-            client,
-            params["status_urls"],
-            expected_path=params["expected_path"],
-            path_key=params["path_key"],
-            timeout=params["timeout"],
-            interval=params["interval"],
-            cache_ttl=params["cache_ttl"],
-            check_mode=module.check_mode,
-        )
-    except BarrierTimeout as exc:
-        module.fail_json(msg=str(exc), changed=False, **exc.result)
-    except (BarrierConfigError, HttpError) as exc:
-        module.fail_json(msg=str(exc), changed=False)
-    module.exit_json(changed=False, **result)
+    PLUGIN.main()
 
 
 if __name__ == "__main__":

@@ -32,9 +32,9 @@ description:
     a plan whose sha256 differs from I(expected_sql_sha256), a DSN that does not connect (the
     message never contains the password)."
   - Already at the target, nothing is executed and C(changed) is false.
-  - "With I(databases), each database is reverted in its own worker process (alembic's C(op) and
-    C(context) are process-wide), with its own advisory lock and transaction; the module finishes
-    every database, then fails if any failed, naming which."
+  - "With I(databases), each database is reverted in a worker process (alembic's C(op) and
+    C(context) are process-wide), with its own advisory lock and transaction, under a watchdog
+    (I(database_timeout)); the module finishes every database, then fails if any failed, naming which."
   - "Runs on the controller (C(ansible_connection: local)); needs alembic, SQLAlchemy and psycopg2
     in the interpreter that runs it."
 version_added: "0.1.0"
@@ -50,48 +50,26 @@ attributes:
       the counts, bounded by I(lock_timeout) and I(statement_timeout).
   diff_mode:
     support: none
+extends_documentation_fragment:
+  - rollback_database
 options:
-  dsn:
-    description:
-      - libpq connection URI of the application database, e.g. C(postgresql://migrator@db:5432/app).
-        Without a password in it, libpq takes it from C(PGPASSWORD) or C(~/.pgpass).
-      - Falls back to the environment variable C(ROLLBACK_DB_DSN). Mutually exclusive with I(databases).
-      - Connect as the owner of the application tables (the C(migrator) role), not the app's DML role.
-    type: str
-  databases:
-    description:
-      - Many databases in one task (tenants, shards), reverted in parallel worker processes.
-      - Mutually exclusive with I(dsn). The results are in C(databases), one entry per item, in order.
-    type: list
-    elements: dict
-    suboptions:
-      name:
-        description: How results and messages name the database (unique).
-        type: str
-        required: true
-      dsn:
-        description: libpq connection URI, as I(dsn).
-        type: str
-        required: true
   parallel:
     description:
-      - Worker processes for I(databases) (each handles one database at a time, several in turn).
-        1 runs them one after the other in the module's process.
+      - Worker processes for O(databases), each a new interpreter (never a fork of the caller, whose
+        threads' locks a forked child could inherit) that reverts one database at a time, several
+        in turn. 1 reverts them one after the other in the task's own process.
     type: int
     default: 2
-  script_location:
+  database_timeout:
     description:
-      - The alembic script directory (the one with C(env.py)). A relative path is resolved from the
-        working directory of the module; roles pass an absolute path.
-    type: path
-    default: migrations
-  version_locations:
-    description:
-      - Directories holding revision files, instead of C(<script_location>/versions). List the
-        repository's C(migrations/versions) too, e.g. to add the test-only failing revision of
-        C(tests/data/faulty_versions) in a rehearsal.
-    type: list
-    elements: path
+      - With O(databases) and O(parallel) above 1, the watchdog's budget for one database, in
+        seconds. A worker that has not finished its database by then is stopped; that database is
+        reported failed (its uncommitted transaction is rolled back by the server), and every other
+        database is still reverted and reported.
+      - Default, the longest a healthy revert can take with the other settings, plus a minute
+        (O(connect_timeout) + O(advisory_lock_wait) + O(lock_attempts) x (O(statement_timeout) +
+        O(lock_backoff_max)) + 60).
+    type: float
   revision:
     description:
       - The target, the rollback point's revision id (e.g. C(0001_legacy)), C(base), or C(head)/C(heads)
@@ -124,22 +102,6 @@ options:
         at least I(lock_timeout).
     type: float
     default: 60
-  advisory_lock_wait:
-    description:
-      - Seconds to wait for the runbook's advisory lock when another run holds it on the same
-        database; 0 tries once. The failure names the holder (pid, application_name, since).
-      - "The key is constant for the runbook: the first 8 bytes of sha256(C(emergency-rollback:schema-revert))
-        as a signed bigint, 7088773521838913054 (pg_locks C(classid) 1650483701, C(objid) 3462870558).
-        Recording a rollback point (M(schema_state)) takes the same lock."
-    type: float
-    default: 30
-  expected_sql_sha256:
-    description:
-      - The sha256 of the plan's SQL as approved (from check mode). If the plan differs, the module
-        refuses and changes nothing.
-      - With I(databases), a string applies to every database; a dict maps names to hashes, and a
-        database missing from it is refused.
-    type: raw
   archive:
     description: Copy the rows of dropped tables and columns into C(rollback_archive) first.
     type: bool
@@ -149,14 +111,6 @@ options:
       - Identifies the run in archive table names and the manifest (1-40 characters among letters,
         digits, C(_), C(.), C(:), C(-)). Default, C(<UTC time>-<random>).
     type: str
-  application_name:
-    description: C(application_name) of the module's sessions, as seen in C(pg_stat_activity).
-    type: str
-    default: emergency-rollback
-  connect_timeout:
-    description: Seconds to wait for a connection.
-    type: int
-    default: 10
 notes:
   - "The exact SQL is what alembic renders offline for the range; it covers the migrations, not the
     archive copies (whose table names carry the run id) nor the C(SET LOCAL) statements."
@@ -302,150 +256,28 @@ databases:
   elements: dict
 """
 
-import contextlib
-import io
-import os
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.pg_options import database_argument_spec
+from ansible.module_utils.pg_options import schema_migration_spec
+from ansible.module_utils.runbook_plugin import Plugin
 
 try:
-    from ansible.module_utils.alembic_runner import (
-        HAS_ALEMBIC,
-        new_run_id,
-        revert_database,
-        revert_databases,
-    )
-    from ansible.module_utils.pg_session import DSN_ENV_VAR, HAS_PSYCOPG2
+    from ansible.module_utils.schema_tasks import run_schema_migration
+except ImportError as exc:  # alembic, SQLAlchemy or psycopg2 is missing on the controller
+    run_schema_migration, IMPORT_ERROR = None, exc
+else:
+    IMPORT_ERROR = None
 
-    IMPORT_ERROR = None if HAS_ALEMBIC and HAS_PSYCOPG2 else "alembic, SQLAlchemy or psycopg2 is missing"
-except ImportError as exc:  # pragma: no cover
-    IMPORT_ERROR = str(exc)
-
-JOB_OPTIONS = (
-    "script_location",
-    "version_locations",
-    "revision",
-    "lock_timeout",
-    "lock_attempts",
-    "lock_backoff",
-    "lock_backoff_max",
-    "statement_timeout",
-    "advisory_lock_wait",
-    "archive",
-    "application_name",
-    "connect_timeout",
+# The plugin, once: this module's main() and the action plugins/action/schema_migration.py both run it.
+PLUGIN = Plugin(
+    "schema_migration",
+    schema_migration_spec,
+    run_schema_migration,
+    requires="alembic, SQLAlchemy and psycopg2",
+    import_error=IMPORT_ERROR,
 )
 
 
-def argument_spec() -> dict:
-    spec = database_argument_spec(parallel=2)
-    spec.update(
-        revision={"type": "str", "required": True},
-        lock_timeout={"type": "float", "default": 2.0},
-        lock_attempts={"type": "int", "default": 5},
-        lock_backoff={"type": "float", "default": 0.5},
-        lock_backoff_max={"type": "float", "default": 5.0},
-        statement_timeout={"type": "float", "default": 60.0},
-        expected_sql_sha256={"type": "raw"},
-        archive={"type": "bool", "default": True},
-    )
-    return spec
-
-
-def _expected_for(expected, name: str | None):
-    """The approved sha256 for one database (None: no check); ValueError for a bad shape."""
-    if expected is None or expected == "":
-        return None
-    if isinstance(expected, str):
-        return expected
-    if isinstance(expected, dict) and name is not None:
-        if name not in expected:
-            raise ValueError(f"expected_sql_sha256 has no entry for database {name}: approve its plan too.")
-        value = expected[name]
-        # None: the approved plan had nothing to do; if there is something now, that is a change.
-        return "none (nothing to do when approved)" if value in (None, "") else str(value)
-    raise ValueError("expected_sql_sha256 must be a string (or, with databases, a dict of database name to sha256).")
-
-
-def _one_database(module: AnsibleModule, base: dict) -> None:
-    params = module.params
-    dsn = params["dsn"] or os.environ.get(DSN_ENV_VAR)
-    if dsn:
-        module.no_log_values.add(dsn)
-    try:
-        expected = _expected_for(params["expected_sql_sha256"], None)
-    except ValueError as exc:
-        module.fail_json(msg=str(exc))
-    with contextlib.redirect_stdout(io.StringIO()):
-        result = revert_database({**base, "dsn": dsn, "expected_sql_sha256": expected})
-    for key in ("name", "check_mode"):
-        result.pop(key, None)
-    if result.pop("failed"):
-        module.fail_json(**result)
-    module.exit_json(**result)
-
-
-def _many_databases(module: AnsibleModule, base: dict) -> None:
-    params = module.params
-    names = [db["name"] for db in params["databases"]]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        module.fail_json(msg=f"Database names must be unique in databases; repeated: {', '.join(duplicates)}.")
-    if not names:
-        module.fail_json(msg="databases is empty: list at least one {name, dsn}.")
-    jobs, refused = [], {}
-    for db in params["databases"]:
-        try:
-            expected = _expected_for(params["expected_sql_sha256"], db["name"])
-        except ValueError as exc:
-            refused[db["name"]] = str(exc)
-            continue
-        jobs.append({**base, "name": db["name"], "dsn": db["dsn"], "expected_sql_sha256": expected})
-    with contextlib.redirect_stdout(io.StringIO()):
-        done = {r["name"]: r for r in revert_databases(jobs, params["parallel"])} if jobs else {}
-    results = [
-        done.get(name)
-        or {"name": name, "changed": False, "failed": True, "msg": refused[name], "run_id": base["run_id"]}
-        for name in names
-    ]
-    failed = [r for r in results if r["failed"]]
-    summary = {
-        "changed": any(r["changed"] for r in results),
-        "databases": results,
-        "run_id": base["run_id"],
-        "to_revision": next((r.get("to_revision") for r in results if not r["failed"]), None),
-    }
-    if failed:
-        module.fail_json(
-            msg=f"Cannot revert {len(failed)} of {len(results)} database(s): "
-            + "; ".join(f"{r['name']}: {r['msg']}" for r in failed),
-            **summary,
-        )
-    verb = "would be reverted" if module.check_mode else "reverted"
-    module.exit_json(
-        msg=f"{sum(r['changed'] for r in results)} of {len(results)} database(s) {verb}; "
-        f"{sum(not r['changed'] for r in results)} already at the target.",
-        **summary,
-    )
-
-
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=argument_spec(),
-        mutually_exclusive=[("dsn", "databases")],
-        supports_check_mode=True,
-    )
-    if IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("alembic, SQLAlchemy and psycopg2"), exception=IMPORT_ERROR)
-    if module.params["parallel"] < 1:
-        module.fail_json(msg="parallel must be at least 1.")
-    base = {key: module.params[key] for key in JOB_OPTIONS}
-    base.update(check_mode=module.check_mode, run_id=module.params["run_id"] or new_run_id())
-    if module.params["databases"] is None:
-        _one_database(module, base)
-    else:
-        _many_databases(module, base)
+    PLUGIN.main()
 
 
 if __name__ == "__main__":

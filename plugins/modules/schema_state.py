@@ -30,39 +30,13 @@ attributes:
     description: Reads everything; with I(record_rollback_point) returns C(would_record) and writes nothing.
   diff_mode:
     support: none
+extends_documentation_fragment:
+  - rollback_database
 options:
-  dsn:
-    description:
-      - libpq connection URI of the database. Falls back to the environment variable C(ROLLBACK_DB_DSN).
-        Mutually exclusive with I(databases).
-    type: str
-  databases:
-    description: Many databases in one task; results in C(databases), one entry per item, in order.
-    type: list
-    elements: dict
-    suboptions:
-      name:
-        description: How results and messages name the database (unique).
-        type: str
-        required: true
-      dsn:
-        description: libpq connection URI.
-        type: str
-        required: true
   parallel:
     description: Databases read at the same time with I(databases).
     type: int
     default: 4
-  script_location:
-    description:
-      - The alembic script directory, for C(heads). A relative path is resolved from the module's
-        working directory.
-    type: path
-    default: migrations
-  version_locations:
-    description: Directories of revision files instead of C(<script_location>/versions) (see M(schema_migration)).
-    type: list
-    elements: path
   record_rollback_point:
     description: Record the current revision and fingerprint as a rollback point first.
     type: bool
@@ -89,18 +63,6 @@ options:
         for a caller that needs only the revision and the rollback point; recording always computes it.
     type: bool
     default: true
-  advisory_lock_wait:
-    description: Seconds to wait for the runbook's advisory lock when recording.
-    type: float
-    default: 30
-  application_name:
-    description: C(application_name) of the module's sessions.
-    type: str
-    default: emergency-rollback
-  connect_timeout:
-    description: Seconds to wait for a connection.
-    type: int
-    default: 10
 seealso:
   - module: schema_migration
 """
@@ -176,90 +138,28 @@ databases:
   elements: dict
 """
 
-import os
-
-from ansible.module_utils.basic import AnsibleModule, missing_required_lib
-from ansible.module_utils.pg_options import database_argument_spec
+from ansible.module_utils.pg_options import schema_state_spec
+from ansible.module_utils.runbook_plugin import Plugin
 
 try:
-    from ansible.module_utils.alembic_runner import HAS_ALEMBIC, heads, load_script
-    from ansible.module_utils.pg_session import DSN_ENV_VAR, HAS_PSYCOPG2
-    from ansible.module_utils.schema_errors import SchemaError
-    from ansible.module_utils.schema_rollback_points import read_state, read_states
+    from ansible.module_utils.schema_tasks import run_schema_state
+except ImportError as exc:  # alembic, SQLAlchemy or psycopg2 is missing on the controller
+    run_schema_state, IMPORT_ERROR = None, exc
+else:
+    IMPORT_ERROR = None
 
-    IMPORT_ERROR = None if HAS_ALEMBIC and HAS_PSYCOPG2 else "alembic, SQLAlchemy or psycopg2 is missing"
-except ImportError as exc:  # pragma: no cover
-    IMPORT_ERROR = str(exc)
-
-JOB_OPTIONS = (
-    "record_rollback_point",
-    "fingerprint",
-    "error_rate_baseline",
-    "recorded_by",
-    "run_id",
-    "note",
-    "include_objects",
-    "advisory_lock_wait",
-    "application_name",
-    "connect_timeout",
+# The plugin, once: this module's main() and the action plugins/action/schema_state.py both run it.
+PLUGIN = Plugin(
+    "schema_state",
+    schema_state_spec,
+    run_schema_state,
+    requires="alembic, SQLAlchemy and psycopg2",
+    import_error=IMPORT_ERROR,
 )
 
 
-def argument_spec() -> dict:
-    spec = database_argument_spec(parallel=4)
-    spec.update(
-        record_rollback_point={"type": "bool", "default": False},
-        error_rate_baseline={"type": "float"},
-        recorded_by={"type": "str"},
-        note={"type": "str"},
-        include_objects={"type": "bool", "default": False},
-        fingerprint={"type": "bool", "default": True},
-    )
-    return spec
-
-
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec=argument_spec(),
-        mutually_exclusive=[("dsn", "databases")],
-        required_if=[("record_rollback_point", True, ("recorded_by",))],
-        supports_check_mode=True,
-    )
-    if IMPORT_ERROR is not None:
-        module.fail_json(msg=missing_required_lib("alembic, SQLAlchemy and psycopg2"), exception=IMPORT_ERROR)
-    params = module.params
-    try:
-        script_heads = heads(load_script(params["script_location"], params["version_locations"]))
-    except SchemaError as exc:
-        module.fail_json(msg=str(exc))
-    base = {key: params[key] for key in JOB_OPTIONS}
-    base["check_mode"] = module.check_mode
-
-    if params["databases"] is None:
-        dsn = params["dsn"] or os.environ.get(DSN_ENV_VAR)
-        if dsn:
-            module.no_log_values.add(dsn)
-        result = read_state({**base, "dsn": dsn})
-        result.pop("name", None)
-        result["heads"] = script_heads
-        if result.pop("failed"):
-            module.fail_json(**result)
-        module.exit_json(**result)
-
-    names = [db["name"] for db in params["databases"]]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        module.fail_json(msg=f"Database names must be unique in databases; repeated: {', '.join(duplicates)}.")
-    results = read_states([{**base, **db} for db in params["databases"]], max(1, params["parallel"]))
-    failed = [r for r in results if r["failed"]]
-    summary = {"changed": any(r["changed"] for r in results), "heads": script_heads, "databases": results}
-    if failed:
-        module.fail_json(
-            msg=f"Cannot read {len(failed)} of {len(results)} database(s): "
-            + "; ".join(f"{r['name']}: {r['msg']}" for r in failed),
-            **summary,
-        )
-    module.exit_json(**summary)
+    PLUGIN.main()
 
 
 if __name__ == "__main__":

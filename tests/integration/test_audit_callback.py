@@ -26,6 +26,8 @@ from ansible.module_utils.audit_crosscheck import run_audit_verify
 
 from rehearsal.postgres import free_port
 
+pytestmark = pytest.mark.integration
+
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "audit"
 BIN = Path(sys.executable).parent

@@ -22,6 +22,8 @@ from sqlalchemy import create_engine, pool
 
 from tests.fixtures.schema import HEAD, LEGACY, MIGRATIONS, ROOT, AppDatabase
 
+pytestmark = pytest.mark.integration
+
 __all__ = ["test_single_head_revision", "test_up_down_consistency", "test_upgrade"]
 
 ALEMBIC = str(Path(sys.executable).parent / "alembic")

@@ -3,6 +3,8 @@
 import psycopg2
 import pytest
 
+pytestmark = pytest.mark.integration
+
 
 def test_tcp_requires_the_password(pg_cluster, pg_database):
     psycopg2.connect(pg_cluster.dsn(pg_database)).close()

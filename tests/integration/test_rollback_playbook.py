@@ -224,10 +224,12 @@ def test_bad_request_is_refused_with_one_sentence(stack, playbook, extravars, ex
     assert [r["kind"] for r in records] == ["start", "request", "end"] and records[-1]["outcome"] == "refused"
 
 
-@pytest.mark.parametrize("option", ["--skip-tags never", "--tags flag"])
-def test_partial_runs_by_tag_are_refused(stack, playbook, option):
-    run = playbook("rollback.yml", extravars={"env": "local", "reason": "x"}, envvars=stack.env(), cmdline=option)
-    assert run.rc != 0 and f"{option} is refused: the rollback runs whole" in run.stdout, run
+@pytest.mark.parametrize("cmdline", ["--skip-tags never", "--tags flag", "--tags all,flag"])
+def test_partial_runs_by_tag_are_refused(stack, playbook, cmdline):
+    """Any --tags/--skip-tags, even one that would skip nothing today, is refused before any step."""
+    run = playbook("rollback.yml", extravars={"env": "local", "reason": "x"}, envvars=stack.env(), cmdline=cmdline)
+    assert run.rc != 0 and "is refused: the rollback runs whole" in run.stdout, run
+    assert "nothing was changed" in run.stdout and "TASK [" not in run.stdout
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,8 @@ from ansible.module_utils.schema_rollback_points import read_state, read_states
 
 from tests.fixtures.schema import HEAD, LEGACY, AppDatabase, clone_app_db, revert
 
+pytestmark = pytest.mark.integration
+
 
 @pytest.fixture(scope="module")
 def shared_db(app_template):

@@ -15,6 +15,8 @@ from ansible.module_utils.pg_session import ADVISORY_LOCK_KEY
 
 from tests.fixtures.schema import HEAD, LEGACY, revert
 
+pytestmark = pytest.mark.integration
+
 LOCK_TIMEOUT = 1.0
 ATTEMPTS = 3
 BACKOFF, BACKOFF_MAX = 0.3, 1.0

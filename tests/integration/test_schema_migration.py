@@ -1,11 +1,10 @@
 """The schema revert (alembic_runner.revert_database) against real PostgreSQL 16 databases.
 
 Plan, apply, archive, idempotence, every refusal, a downgrade failing halfway, a non-superuser
-owner role, and many databases in worker processes. Locks and concurrency: test_schema_locks.py.
+owner role. Many databases: test_schema_many_databases.py; locks and concurrency: test_schema_locks.py.
 """
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
@@ -22,10 +21,11 @@ from tests.fixtures.schema import (
     LEGACY,
     VERSIONS,
     AppDatabase,
-    clone_app_db,
     revert,
     seed,
 )
+
+pytestmark = pytest.mark.integration
 
 CANARY = "Canary-Secret-7f3e"
 
@@ -272,58 +272,3 @@ def test_the_owner_role_archives_and_only_it_can_read_the_archive(pg_cluster, pg
                 conn.rollback()
     finally:
         conn.close()
-
-
-# -- many databases ------------------------------------------------------------------------------------
-def revert_in_a_module_process(jobs: list[dict], parallel: int) -> list[dict]:
-    """revert_databases() in a fresh single-threaded process, as the schema_migration module runs it.
-
-    Its workers are forked; forking pytest's own process, where fixtures run threads (fake APIs,
-    servers), can deadlock a child on a lock some thread held at fork time.
-    """
-    code = (
-        "import json, sys, ansible.module_utils as m; m.__path__.append(sys.argv[1]); "
-        "from ansible.module_utils.alembic_runner import revert_databases; "
-        "print(json.dumps(revert_databases(json.load(sys.stdin), parallel=int(sys.argv[2]))))"
-    )
-    module_utils = Path(__file__).resolve().parents[2] / "plugins" / "module_utils"
-    proc = subprocess.run(
-        [sys.executable, "-c", code, str(module_utils), str(parallel)],
-        input=json.dumps(jobs),
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.splitlines()[-1])
-
-
-def test_many_databases_in_worker_processes_finish_all_and_report_each(pg_cluster, app_template, app_db):
-    names = [f"{app_db.name}_{i}" for i in range(3)]
-    dbs = [clone_app_db(app_template, name) for name in names]
-    try:
-        jobs = [
-            {
-                "name": db.name,
-                "dsn": db.dsn,
-                "revision": LEGACY,
-                "script_location": str(VERSIONS.parent),
-                "run_id": "many",
-            }
-            for db in [app_db, *dbs]
-        ]
-        jobs.insert(2, {**jobs[0], "name": "unreachable", "dsn": pg_cluster.dsn(app_db.name, password=CANARY)})
-        results = revert_in_a_module_process(jobs, parallel=2)
-        assert [r["name"] for r in results] == [j["name"] for j in jobs]
-        failed = [r for r in results if r["failed"]]
-        assert [r["name"] for r in failed] == ["unreachable"] and CANARY not in repr(results)
-        assert all(r["changed"] and r["to_revision"] == LEGACY for r in results if not r["failed"])
-        assert len({r["sql_sha256"] for r in results if not r["failed"]}) == 1
-        for db in [app_db, *dbs]:
-            assert db.revision() == LEGACY and db.fingerprint() == app_db.legacy_fingerprint
-        again = revert_in_a_module_process([j for j in jobs if j["name"] != "unreachable"], parallel=2)
-        assert not any(r["changed"] or r["failed"] for r in again)
-    finally:
-        for name in names:
-            pg_cluster.drop_database(name)

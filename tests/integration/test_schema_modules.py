@@ -17,6 +17,8 @@ from ansible.module_utils.schema_rollback_points import read_state
 
 from tests.fixtures.schema import FAULTY_VERSIONS, HEAD, LEGACY, ROOT, clone_app_db, revert
 
+pytestmark = pytest.mark.integration
+
 CANARY = "Canary-Module-51c9"
 BIN = Path(sys.executable).parent
 

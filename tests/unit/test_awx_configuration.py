@@ -13,7 +13,7 @@ There is no AWX here, so the tests prove everything that does not need one:
 - the playbook really runs up to the network: it refuses missing settings and secrets before any
   request, and a task that carries a secret leaks nothing even when AWX cannot be reached.
 What only a real AWX shows (the objects it creates, a launch, the survey form, the approval) is
-listed in the README.
+listed in docs/awx.md.
 """
 
 from __future__ import annotations
@@ -520,19 +520,6 @@ def run_playbook(env: dict[str, str], *args: str) -> subprocess.CompletedProcess
 
 def test_syntax_check():
     proc = run_playbook({}, "--syntax-check")
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-
-
-def test_ansible_lint_production_profile():
-    proc = subprocess.run(
-        [str(BIN / "ansible-lint"), "--profile", "production", "--offline", "-q", str(PLAYBOOK), "awx/"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "NO_COLOR": "1"},
-        timeout=300,
-        check=False,
-    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 

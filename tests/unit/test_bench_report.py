@@ -180,11 +180,27 @@ def test_report_renders_every_part(tmp_path):
         "overhead": {
             "pipelining_false": {"wall": 5.0, "cpu": 3.0, "module_task": _stat(0.5), "controller_task": _stat(0.02)}
         },
+        "stress": {
+            "databases": 100,
+            "runs": 3,
+            "ok": 1,
+            "hung": 1,
+            "failed": 1,
+            "wall": _stat(20.0),
+            "schema": _stat(8.0),
+            "raw": [
+                {"run": 1, "outcome": "ok", "wall": 20.0, "schema": 8.0},
+                {"run": 2, "outcome": "hung", "error": "rollback.yml did not end within 150 s"},
+                {"run": 3, "outcome": "failed", "error": "rollback.yml failed (rc 2)"},
+            ],
+        },
     }
     write_report(results, tmp_path)
     text = (tmp_path / "RESULTS.md").read_text()
-    for heading in ("## Summary", "## P1", "## P2", "## P3", "## P4", "## Profile"):
+    for heading in ("## Summary", "## P1", "## P2", "## P3", "## P4", "## Profile", "## Stress"):
         assert heading in text
+    assert "**1 run(s) hung**; 1 failed; 1 succeeded" in text
+    assert "- run 2: hung: rollback.yml did not end within 150 s" in text
     assert "2 x AMD EPYC" in text
     for plot in ("fanout.png", "timeline.png", "p1_steps.png"):
         assert (tmp_path / plot).read_bytes().startswith(b"\x89PNG")

@@ -12,7 +12,6 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import ansible.module_utils
 import psycopg2
 from psycopg2 import sql as pgsql
 
@@ -23,15 +22,14 @@ RESULTS_DIR = RUN_DIR / "results"
 STACK_DIR = Path(os.environ.get("DRILL_STACK_DIR") or RUN_DIR / "stack").resolve()
 VENV_BIN = Path(sys.executable).parent
 
-# Our module_utils import each other as ansible.module_utils.<name>, as Ansible packages them.
-_MODULE_UTILS = str(ROOT / "plugins" / "module_utils")
-if _MODULE_UTILS not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(_MODULE_UTILS)
-
-from ansible.module_utils.schema_fingerprint import fingerprint as _fingerprint  # noqa: E402
-
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from plugins.plugin_utils.module_utils_path import add_module_utils_path  # noqa: E402
+
+add_module_utils_path()  # our module_utils import each other as ansible.module_utils.<name>
+
+from ansible.module_utils.schema_fingerprint import fingerprint as _fingerprint  # noqa: E402
 
 from rehearsal.stack import Stack  # noqa: E402
 

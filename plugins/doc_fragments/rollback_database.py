@@ -1,0 +1,61 @@
+"""The options every runbook plugin that works on the application databases shares (documented once)."""
+
+from __future__ import annotations
+
+
+class ModuleDocFragment:
+    DOCUMENTATION = r"""
+options:
+  dsn:
+    description:
+      - libpq connection URI of the application database, e.g. C(postgresql://migrator@db:5432/app).
+        Without a password in it, libpq takes it from C(PGPASSWORD) or C(~/.pgpass).
+      - Falls back to the environment variable C(ROLLBACK_DB_DSN). Mutually exclusive with O(databases).
+      - Connect as the owner of the application tables (the C(migrator) role), not the app's DML role.
+    type: str
+  databases:
+    description:
+      - Many databases in one task (tenants, shards, regions), worked on in parallel.
+      - Mutually exclusive with O(dsn). The results are in RV(databases), one entry per item, in order.
+    type: list
+    elements: dict
+    suboptions:
+      name:
+        description: How results and messages name the database (unique).
+        type: str
+        required: true
+      dsn:
+        description: libpq connection URI, as O(dsn).
+        type: str
+        required: true
+  script_location:
+    description:
+      - The alembic script directory (the one with C(env.py)). A relative path is resolved from the
+        working directory of the task; roles pass an absolute path.
+    type: path
+    default: migrations
+  version_locations:
+    description:
+      - Directories holding revision files, instead of C(<script_location>/versions). List the
+        repository's C(migrations/versions) too, e.g. to add the test-only failing revision of
+        C(tests/data/faulty_versions) in a rehearsal.
+    type: list
+    elements: path
+  advisory_lock_wait:
+    description:
+      - Seconds to wait for the runbook's advisory lock when another run holds it on the same
+        database (reverting, or recording a rollback point); 0 tries once. The failure names the
+        holder (pid, application_name, since).
+      - "The key is constant for the runbook: the first 8 bytes of sha256(C(emergency-rollback:schema-revert))
+        as a signed bigint, 7088773521838913054 (pg_locks C(classid) 1650483701, C(objid) 3462870558)."
+    type: float
+    default: 30
+  application_name:
+    description: C(application_name) of the plugin's sessions, as seen in C(pg_stat_activity).
+    type: str
+    default: emergency-rollback
+  connect_timeout:
+    description: Seconds to wait for a connection.
+    type: int
+    default: 10
+"""
