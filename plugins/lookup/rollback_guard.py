@@ -60,6 +60,7 @@ runpy.run_path(str(Path(__file__).resolve().parent.parent / "plugin_utils" / "mo
 ]()
 from ansible.module_utils import audit_guard as guard  # noqa: E402
 from ansible.module_utils import audit_run  # noqa: E402
+
 LISTING = ("syntax", "listhosts", "listtasks", "listtags")
 NOT_AUDITED = (
     "the audit callback rollback_audit is not running, so the run would go unaudited: keep"

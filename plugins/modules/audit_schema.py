@@ -75,8 +75,9 @@ grants:
   type: list
   elements: str
 """
-from ansible.module_utils.audit_schema_run import run_audit_schema
+
 from ansible.module_utils.audit_options import audit_schema_spec
+from ansible.module_utils.audit_schema_run import run_audit_schema
 from ansible.module_utils.runbook_plugin import Plugin
 
 # The plugin, once: this module's main() and the action plugins/action/audit_schema.py both run it.

@@ -139,6 +139,7 @@ postgresql:
   returned: when the audit could be read
   type: dict
 """
+
 from ansible.module_utils.audit_crosscheck import run_audit_verify
 from ansible.module_utils.audit_options import audit_verify_spec
 from ansible.module_utils.runbook_plugin import Plugin
