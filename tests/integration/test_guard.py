@@ -188,7 +188,7 @@ def test_the_control_a_sound_request_does_reach_the_endpoints_and_is_recorded_fr
     run = rollback(tmp_path, recorder, request, pg_dsn=audit_db.writer_dsn)
     assert run.rc != 0, run
     assert recorder.contacted(), "the control must contact the recorder, or the attacks prove nothing"
-    assert run.tasks_started()[0] == "Show the request as checked"
+    assert "Show the request as checked" in run.tasks_started()
     _, req, end = run.records()
     for record in (req, end):
         assert (record["environment"], record["reason"], record["ticket"]) == ("prod", PROD["reason"], "INC-77")
