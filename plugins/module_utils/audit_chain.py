@@ -9,9 +9,9 @@ One line is one record, a JSON object in canonical form (sorted keys, no spaces,
   `ROLLBACK_AUDIT_KEY`, of the canonical JSON of the record without `seal`; `key_id` names the key
   (an HMAC of a fixed text, so it says nothing about the key). Anyone can recompute a sha256
   chain after rewriting a record; without the key nobody can recompute its seal.
-- `run_id` and `kind` (`start`, `request`, `end`): a run writes a `start` record when it begins,
-  a `request` record once its request is checked (who, why, ticket, environment), and an `end`
-  record when it finishes or is interrupted.
+- `run_id` and `kind` (`start`, `request`, `plan`, `end`): a run writes a `start` record when it
+  begins, a `request` record once its request is checked (who, why, ticket, environment), a `plan`
+  record once each database's revert is planned, and an `end` record when it finishes or is interrupted.
 
 `verify_lines` walks a chain and names the first broken record and why: `not JSON`, `edited`,
 `resealed without the key`, `missing at the start`, `missing in the middle` or `reordered`. A chain
@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 ZERO_SHA256 = "0" * 64
 REQUIRED_FIELDS = ("kind", "prev_sha256", "run_id", "seq", "sha256")
 CHAIN_FIELDS = ("seq", "prev_sha256", "sha256", "seal")
-KINDS = ("start", "request", "end")
+KINDS = ("start", "request", "plan", "end")
 KEY_ENV = "ROLLBACK_AUDIT_KEY"
 MIN_KEY_BYTES = 16
 ABORTED_NO_END = "aborted (no end record)"

@@ -28,6 +28,8 @@ from ansible.module_utils.audit_sinks import FILE, POSTGRESQL, AuditWriter, Writ
 from ansible.module_utils.audit_steps import Steps, merge_facts, outcome_of, utc_now
 
 SCHEMA_VERSION = 2
+PLAN_FACT = "plan"
+PLAN_FACTS = ("plan", "target_revision", "flag_before", "flag")
 _ACTIVE: AuditSession | None = None
 
 
@@ -209,7 +211,12 @@ class AuditSession:
         return step, warning
 
     def facts(self, data: dict) -> None:
+        """Merge a step's published facts; the plan is also written at once, as the `plan` record, so that
+        the plan the schema step must apply is in the audit before that step begins (even if the run dies)."""
         merge_facts(self.metadata, data, self.secrets, self.warnings)
+        if PLAN_FACT in data and not self.finished:
+            plan = {key: self.metadata[key] for key in PLAN_FACTS if key in self.metadata}
+            self._write({"kind": "plan", **self.head, **(self.request or {}), **plan})
 
     def add_secrets(self, values: set[str]) -> None:
         self.secrets |= values

@@ -172,7 +172,7 @@ def test_succeeding_run(tmp_path, audit):
     assert end["outcome"] == "succeeded" and end["status"] == "completed"
     assert [s["name"] for s in end["steps"]] == ["preflight", "flag", "schema", "notify", "Stand-in rollback"]
     assert {s["name"]: s["hosts"] for s in end["steps"]}["schema"] == 2
-    assert end["target_revision"] == "0001_legacy" and end["plan"]["db-eu"]["drops"] == 3
+    assert end["target_revision"] == "0001_legacy" and end["drops"]["db-eu"]["drops"] == 3
     assert end["flag"]["previous_state"] == "enabled" and end["flag"]["state"] == "disabled"
     assert end["databases"]["db-us"]["revision_after"] == "0001_legacy"
     assert end["recap"]["db-eu"]["failures"] == 0

@@ -229,8 +229,15 @@ def test_succeeding_run_keeps_only_the_published_facts(driver):
     driver.run_task("Summarise outside any role")
     driver.finish()
 
-    start, request, end = driver.records()
+    start, request, plan, end = driver.records()
     assert CANARY not in driver.path.read_text() and KEY_CANARY not in driver.path.read_text()
+    # The plan is written the moment it is published, with the request, before any later step.
+    assert (plan["kind"], plan["run_id"], plan["plan"]) == (
+        "plan",
+        start["run_id"],
+        {"db-eu": {"sql_sha256": "a" * 64}},
+    )
+    assert plan["seq"] == 3 and plan["operator"] == "alice" and "steps" not in plan
     assert end["kind"] == "end" and end["run_id"] == start["run_id"] == request["run_id"]
     assert end["outcome"] == "succeeded" and end["status"] == "completed"
     assert {k: end[k] for k in REQUEST} == REQUEST
@@ -252,7 +259,7 @@ def test_succeeding_run_keeps_only_the_published_facts(driver):
     assert (steps["flag"]["outcome"], steps["flag"]["hosts"]) == ("changed", 1)
     assert end["recap"]["db-eu"]["failures"] == 0
     assert verify_lines(read_lines(str(driver.path)), AuditKey(KEY_CANARY.encode())).summary() == (
-        "ok: 3 records, 1 runs, 0 aborted"
+        "ok: 4 records, 1 runs, 0 aborted"
     )
 
 

@@ -84,7 +84,7 @@ def test_no_request_failed(runs):
 
 
 def test_each_audit_record_and_notification_tells_what_that_run_did(runs, audit_verify):
-    assert audit_verify() == "ok: 6 records, 2 runs, 0 aborted"
+    assert audit_verify() == "ok: 8 records, 2 runs, 0 aborted"
     flag_changes = []
     for run in runs.values():
         end = end_record(run)

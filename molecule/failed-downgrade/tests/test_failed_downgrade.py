@@ -75,7 +75,7 @@ def test_the_audit_says_failed_at_the_schema_step(runs, audit_verify):
     assert (database["failed"], database["changed"], database["archive"]) == (True, False, None)
     assert database["revision_before"] == context.FAULTY_REVISION
     assert end["operator"] == "drill-operator"
-    assert audit_verify() == "ok: 3 records, 1 runs, 0 aborted"
+    assert audit_verify() == "ok: 4 records, 1 runs, 0 aborted"
 
 
 def test_no_secret_leaked(stack, scenario, runs):

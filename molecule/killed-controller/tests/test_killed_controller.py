@@ -82,11 +82,13 @@ def test_the_audit_shows_the_aborted_run_and_the_completing_run(audit, runs, aud
     assert [(r["run_id"], r["kind"]) for r in audit] == [
         (killed["run_id"], "start"),
         (killed["run_id"], "request"),
+        (killed["run_id"], "plan"),
         (runs["rerun"]["audit"]["run_id"], "start"),
         (runs["rerun"]["audit"]["run_id"], "request"),
+        (runs["rerun"]["audit"]["run_id"], "plan"),
         (runs["rerun"]["audit"]["run_id"], "end"),
     ]
-    assert audit_verify() == "ok: 5 records, 2 runs, 1 aborted"
+    assert audit_verify() == "ok: 7 records, 2 runs, 1 aborted"
     listing = host.run(
         "cd %s && ANSIBLE_CONFIG=ansible.cfg ANSIBLE_NOCOLOR=1 %s/ansible-playbook playbooks/audit_verify.yml"
         " -e audit_file=%s",
