@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The audit record format: canonical JSON lines, a sha256 chain and an HMAC seal per record.
 
 One line is one record, a JSON object in canonical form (sorted keys, no spaces, UTF-8) with:

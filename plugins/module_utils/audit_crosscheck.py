@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Verify the audit: the file, the PostgreSQL copy, and the two against each other.
 
 `run_audit_verify(params)` (the logic of the `audit_verify` module) checks:

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The audit file: an append-only JSONL file, one sealed record per line (format: audit_chain).
 
 - Opened with O_NOFOLLOW (a symbolic link in its place is refused, never followed), and refused

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The guard: what a rollback (or deploy) request must be before anything is contacted.
 
 `check_request(GuardInput)` decides from the command line as Ansible parsed it, the extra vars,

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The PostgreSQL copy of the audit: one chain across every run, in `runbook.audit_log`.
 
 Each row keeps one record line exactly as the audit file has it (`line`), and its place in the

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The runbook's own schema in the audit database: versioned migrations of `runbook.audit_*`.
 
 Run by the audit database's owner (`playbooks/audit_setup.yml`, module `audit_schema`), never by

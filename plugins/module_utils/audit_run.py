@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """One audited run: its records (start, request, end), its steps, its facts, and whether the audit works.
 
 The `rollback_audit` callback creates the `AuditSession` at playbook start and registers it as

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Where a run's audit records go: the file, and the PostgreSQL copy when configured.
 
 `AuditWriter.write(body)` seals the record after the file's last line and, holding the file's

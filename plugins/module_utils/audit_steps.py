@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The steps of an audited run, and the facts the roles publish for the audit.
 
 Steps: each role is a step, named after the role without its `rollback_` prefix (tasks outside a

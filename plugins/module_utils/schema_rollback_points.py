@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The database's state for the runbook, and its rollback points (`runbook.rollback_points`).
 
 `read_state(job)` reads one database: its alembic revision, its schema fingerprint and the newest
@@ -98,6 +101,7 @@ def state_defaults() -> dict:
         "advisory_lock_wait": 30.0,
         "application_name": APPLICATION_NAME,
         "connect_timeout": 10,
+        "require_verified_tls": False,  # a production-like environment: sslmode=verify-full or refuse
     }
 
 
@@ -125,7 +129,7 @@ def read_state(job: dict) -> dict:
         record = bool(job["record_rollback_point"])
         if record and not job["recorded_by"]:
             raise RefusedError("record_rollback_point needs recorded_by (who records it: the operator or CI actor).")
-        conn = connect(dsn, job["application_name"], int(job["connect_timeout"]))
+        conn = connect(dsn, job["application_name"], int(job["connect_timeout"]), bool(job["require_verified_tls"]))
         try:
             if record and not job["check_mode"]:
                 acquire_advisory_lock(conn, float(job["advisory_lock_wait"]))  # released when conn closes

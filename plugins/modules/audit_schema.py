@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Ansible module: create and migrate the audit's tables in the audit database."""
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ description:
   - Refuses a writer role that is a superuser or a member of the owner (either could drop the triggers).
 version_added: "0.1.0"
 author:
-  - Emergency rollback runbook (SEQ-OF-004)
+  - Emergency rollback runbook maintainers (!UNKNOWN)
 attributes:
   check_mode:
     support: full

@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Ansible module: verify the rollback audit (the file, its PostgreSQL copy, the two against each other)."""
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ description:
   - Reads only; never changes anything.
 version_added: "0.1.0"
 author:
-  - Emergency rollback runbook (SEQ-OF-004)
+  - Emergency rollback runbook maintainers (!UNKNOWN)
 attributes:
   check_mode:
     support: full
