@@ -5,15 +5,6 @@
 
 from __future__ import annotations
 
-import os
-import runpy
-from pathlib import Path
-
-from ansible import constants as C
-from ansible import context
-from ansible.errors import AnsibleLookupError
-from ansible.plugins.lookup import LookupBase
-
 DOCUMENTATION = r"""
 name: rollback_guard
 short_description: Check a rollback (or deploy) request before anything is contacted; the request as checked
@@ -57,12 +48,20 @@ _raw:
   description: C(localhost) for a check, or the request (a dict) for C(request).
 """
 
+import os
+import runpy
+from pathlib import Path
+
+from ansible import constants as C
+from ansible import context
+from ansible.errors import AnsibleLookupError
+from ansible.plugins.lookup import LookupBase
 
 runpy.run_path(str(Path(__file__).resolve().parent.parent / "plugin_utils" / "module_utils_path.py"))[
     "add_module_utils_path"
 ]()
-from ansible.module_utils import audit_guard as guard  # noqa: E402
-from ansible.module_utils import audit_run  # noqa: E402
+from ansible.module_utils import audit_guard as guard
+from ansible.module_utils import audit_run
 
 LISTING = ("syntax", "listhosts", "listtasks", "listtags")
 NOT_AUDITED = (

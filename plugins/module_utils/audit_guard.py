@@ -60,6 +60,7 @@ TUNABLES = (
 # Knobs that loosen a check or change what code runs: rehearsals only, never production-like.
 REHEARSAL_TUNABLES = (
     "rollback_verify_error_rate_tolerance",
+    "rollback_verify_min_requests",
     "rollback_migrations_version_locations",
     "rollback_migrations_ini",
 )

@@ -273,9 +273,9 @@ def test_the_operator_is_the_person_the_build_cause_names():
 
 
 def test_the_playbook_reads_the_operator_and_the_job_link_jenkins_provides():
-    preflight = (ROOT / "roles" / "rollback_preflight" / "tasks" / "main.yml").read_text()
-    assert "{source: jenkins, operator: \"{{ lookup('ansible.builtin.env', 'BUILD_USER_ID') }}\"}" in preflight
-    assert "lookup('ansible.builtin.env', 'BUILD_URL')" in preflight
+    guard = (ROOT / "plugins" / "module_utils" / "audit_guard.py").read_text()
+    assert '("jenkins", bool(environ.get("JENKINS_URL")), environ.get("BUILD_USER_ID"))' in guard
+    assert 'environ.get("JENKINS_URL") and environ.get("BUILD_URL")' in guard
 
 
 # --- secrets and the shell script --------------------------------------------------------------

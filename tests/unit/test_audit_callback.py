@@ -8,6 +8,7 @@ the guard's part in tests/unit/test_audit_guard.py and tests/integration/test_gu
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import json
 import os
@@ -145,8 +146,11 @@ def driver(loaded, tmp_path, monkeypatch):
     monkeypatch.setenv("FF_API_KEY", CANARY)
     monkeypatch.setenv("ROLLBACK_AUDIT_KEY", KEY_CANARY)
     monkeypatch.setattr(context, "CLIARGS", CLIArgs({"check": False, "args": (str(DATA / "rollback.yml"),)}))
-    yield Driver(loaded, tmp_path / "audit" / "audit.jsonl")
+    driver = Driver(loaded, tmp_path / "audit" / "audit.jsonl")
+    yield driver
     audit_run.register(None)
+    atexit.unregister(driver.cb._at_exit)  # a session a test left open writes nothing at pytest's exit
+    driver.cb._restore_signal_handlers()
 
 
 def facts(**data):
