@@ -179,6 +179,11 @@ class AuditSession:
                 f"{env} is production-like: its audit must also go to PostgreSQL: set ROLLBACK_AUDIT_PG_DSN"
                 f" (AWX: the audit credential); {fix}"
             )
+        if self.pg_configured and self.key is None:
+            return (
+                f"ROLLBACK_AUDIT_PG_DSN is set but ROLLBACK_AUDIT_KEY is not: the PostgreSQL copy is sealed:"
+                f" set the key; {fix}"
+            )
         return None
 
     def audit_problem(self) -> str | None:

@@ -384,6 +384,15 @@ def test_production_like_needs_the_key_and_postgresql(driver, monkeypatch, env, 
     assert driver.records()[1]["refused"] == problem
 
 
+def test_postgresql_without_the_key_refuses_even_a_rehearsal(driver, monkeypatch):
+    monkeypatch.delenv("ROLLBACK_AUDIT_KEY")
+    dsn = "postgresql://u@127.0.0.1:9/a"
+    driver.cb.set_options(direct={"path": str(driver.path), "only_playbooks": ["rollback.yml"], "pg_dsn": dsn})
+    driver.start(request=None)
+    problem = driver.cb.session.record_request(Verdict(dict(REQUEST)))
+    assert problem.startswith("ROLLBACK_AUDIT_PG_DSN is set but ROLLBACK_AUDIT_KEY is not")
+
+
 def test_a_short_key_refuses_the_run(driver, monkeypatch):
     monkeypatch.setenv("ROLLBACK_AUDIT_KEY", "short")
     driver.start(request=None)
