@@ -32,7 +32,7 @@ from ansible.module_utils.audit_steps import Steps, merge_facts, outcome_of, utc
 
 SCHEMA_VERSION = 2
 PLAN_FACT = "plan"
-PLAN_FACTS = ("plan", "target_revision", "flag_before", "flag")
+PLAN_FACTS = ("plan", "target_revision", "flag")
 _ACTIVE: AuditSession | None = None
 
 

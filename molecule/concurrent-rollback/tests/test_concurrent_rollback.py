@@ -88,7 +88,7 @@ def test_each_audit_record_and_notification_tells_what_that_run_did(runs, audit_
     flag_changes = []
     for run in runs.values():
         end = end_record(run)
-        assert end["operator"] == "drill-operator" and end["flag_before"] in ("enabled", "disabled")
+        assert end["operator"] == "drill-operator" and end["flag"]["previous_state"] in ("enabled", "disabled")
         flag = end["flag"]
         assert (step(end, "flag")["outcome"] == "changed") == flag["changed"]
         if flag["changed"]:

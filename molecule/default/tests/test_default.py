@@ -103,7 +103,7 @@ def test_one_audit_record_per_run_with_the_right_operator(audit, runs):
     assert first["reason"].startswith("drill default (rollback)")
     assert [s["name"] for s in first["steps"]] == STEPS
     assert all(s["outcome"] in ("ok", "changed") for s in first["steps"]), first["steps"]
-    assert first["flag_before"] == "enabled" and first["verification"]["flag"] == "disabled"
+    assert first["flag"]["previous_state"] == "enabled" and first["verification"]["flag"] == "disabled"
     assert (first["flag"]["previous_state"], first["flag"]["state"], first["flag"]["changed"]) == (
         "enabled",
         "disabled",

@@ -68,7 +68,7 @@ def test_the_audit_says_failed_at_the_flag_step(runs, label):
     assert label.removeprefix("flag-") in flag["failure"]["message"]
     assert [s["name"] for s in end["steps"]] == ["preflight", "flag", "notify"], "nothing ran after the flag step"
     assert "databases" not in end, "no schema step ran"
-    assert end["flag_before"] == "enabled"
+    assert end["flag"]["previous_state"] == "enabled" and end["flag"]["state"] == "unknown"
 
 
 @pytest.mark.parametrize("label", LABELS)
