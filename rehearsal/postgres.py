@@ -104,6 +104,11 @@ class PostgresCluster:
         query = f"passfile={quote(str(self.passfile), safe='/')}"  # no %: alembic.ini interpolation
         return f"postgresql://{quote(user, safe='')}@{self.host}:{self.port}/{quote(dbname, safe='')}?{query}"
 
+    def store_url(self, dbname: str) -> str:
+        """The superuser's URL WITH its password, for a service that reads no passfile (Unleash's
+        node-postgres in the tests): that service's own secret, never a DSN the runbook is given."""
+        return self.dsn(dbname, password=self.password)
+
     def _remember_password(self, user: str, password: str) -> None:
         """Add (or replace) `user`'s line in the password file: 127.0.0.1, any port, any database."""
 

@@ -61,6 +61,9 @@ TUNABLES = (
 REHEARSAL_TUNABLES = (
     "rollback_verify_error_rate_tolerance",
     "rollback_verify_min_requests",
+    "rollback_propagation_discovery",
+    "rollback_propagation_require_fetch",
+    "rollback_propagation_clock_skew",
     "rollback_migrations_version_locations",
     "rollback_migrations_ini",
 )

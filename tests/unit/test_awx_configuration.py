@@ -67,6 +67,7 @@ SECRETS = {
     "ROLLBACK_DB_DSN": "postgresql://migrator:canary-dsn-5b8e41@db.example.com/app",
     "ROLLBACK_AUDIT_PG_DSN": "postgresql://auditor:canary-audit-0d6f13@audit.example.com/audit",
     "ROLLBACK_AUDIT_KEY": "canary-audit-key-8c1f2e7d5a",
+    "ROLLBACK_DISCOVERY_TOKEN": "canary-discovery-8c3d5a",
     "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T000/B000/canary-slack-c0ffee",
     "SMTP_USERNAME": "canary-smtp-user-6a0b",
     "SMTP_PASSWORD": "canary-smtp-pass-2f95",
@@ -293,9 +294,14 @@ def test_credential_types_inject_every_interface_secret_as_env_only():
             assert all(fields[field].get("secret") is True for field in used), f"{name} comes from a non-secret field"
             injected.add(name)
     assert interface_secrets() == {
-        "FF_API_KEY", "PGPASSWORD", "ROLLBACK_DB_DSN", "SLACK_WEBHOOK_URL",
-        "ROLLBACK_AUDIT_KEY", "ROLLBACK_AUDIT_PG_DSN",
-    }  # fmt: skip
+        "FF_API_KEY",
+        "PGPASSWORD",
+        "ROLLBACK_DB_DSN",
+        "ROLLBACK_DISCOVERY_TOKEN",
+        "SLACK_WEBHOOK_URL",
+        "ROLLBACK_AUDIT_KEY",
+        "ROLLBACK_AUDIT_PG_DSN",
+    }
     # ... and those the notify role reads from the environment beside them: its SMTP login.
     assert injected == interface_secrets() | {"SMTP_USERNAME", "SMTP_PASSWORD"}
     assert "- name: ROLLBACK_AUDIT_PG_DSN" in (ROOT / "plugins" / "callback" / "rollback_audit.py").read_text()

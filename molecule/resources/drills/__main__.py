@@ -5,6 +5,8 @@
              [--flag-fault 500|503|401] [--blocker hold|release-when-queued|release-after=S]
              [--kill] [--parallel N] [-e VAR=VALUE ...]
     report   SCENARIO                               what the drill did, readable (steps, load, notifications, audit)
+    instance SCENARIO start|cut|write|fix|stop [--count N]
+                                                    the stale-instance drill's third app instance (drills/stale.py)
 
 `rollback` streams the playbook's output, then prints one JSON line last: {"drill": "rollback", "runs": [...],
 "changed": N} (N: the changed count of the rollback's own PLAY RECAP, what molecule's idempotence checks).
@@ -18,7 +20,7 @@ import argparse
 import json
 import sys
 
-from drills import drill, report
+from drills import drill, report, stale
 from drills.context import DrillError
 
 
@@ -46,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("report", help="what the scenario's drill did, readable")
     show.add_argument("scenario")
+
+    third = commands.add_parser("instance", help="a third app instance, scraped by Prometheus, not in the list")
+    third.add_argument("scenario")
+    third.add_argument("action", choices=stale.ACTIONS)
+    third.add_argument("--count", type=int, default=5, help="documents written by `write` (default 5)")
     return parser
 
 
@@ -75,6 +82,8 @@ def main(argv: list[str] | None = None) -> int:
                 for r in records
             ]
             print(json.dumps({"drill": "rollback", "runs": runs, "changed": sum(r["changed"] for r in runs)}))
+        elif args.command == "instance":
+            stale.act(args.scenario, args.action, args.count)
         else:
             print(report.render(args.scenario))
     except DrillError as exc:
