@@ -96,7 +96,7 @@ def test_once_fixed_a_rerun_completes_with_every_discovered_instance(stack, stat
 
 
 def test_the_audit_chain_is_intact(audit_verify):
-    assert audit_verify() == "ok: 4 records, 2 runs, 0 aborted"
+    assert audit_verify() == "ok: 8 records, 2 runs, 0 aborted"
 
 
 def test_no_secret_leaked(stack, scenario, runs):
