@@ -90,9 +90,10 @@ def test_the_audit_shows_the_aborted_run_and_the_completing_run(audit, runs, aud
     ]
     assert audit_verify() == "ok: 7 records, 2 runs, 1 aborted"
     listing = host.run(
-        "cd %s && ANSIBLE_CONFIG=ansible.cfg ANSIBLE_NOCOLOR=1 %s/ansible-playbook playbooks/audit_verify.yml"
-        " -e audit_file=%s",
+        "cd %s && ROLLBACK_AUDIT_KEY=%s ANSIBLE_CONFIG=ansible.cfg ANSIBLE_NOCOLOR=1"
+        " %s/ansible-playbook playbooks/audit_verify.yml -e audit_file=%s",
         str(context.ROOT),
+        context.audit_key(scenario.audit_file),
         str(context.VENV_BIN),
         str(scenario.audit_file),
     )
