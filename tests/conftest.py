@@ -27,6 +27,7 @@ pytest_plugins = [
 # The fixture modules that start a real service: every fixture they define is a service fixture.
 SERVICE_FIXTURE_MODULES = frozenset(
     {
+        "tests.fixtures.efcore",
         "tests.fixtures.postgres",
         "tests.fixtures.prometheus",
         "tests.fixtures.schema",

@@ -39,7 +39,16 @@ NOT_ENVIRONMENTS = frozenset({"all", "ungrouped", PRODUCTION_GROUP})
 NOTHING_DONE = "nothing was contacted and nothing was changed"
 
 REQUEST_INPUTS = {
-    "rollback": ("env", "reason", "ticket", "confirm", "operator", "rollback_revision"),
+    # rollback_accept_data_statements: <revision>:<sha256> of statements the operator accepts (audited).
+    "rollback": (
+        "env",
+        "reason",
+        "ticket",
+        "confirm",
+        "operator",
+        "rollback_revision",
+        "rollback_accept_data_statements",
+    ),  # noqa: E501
     "deploy": ("env", "reason", "ticket", "confirm", "operator", "deploy_revision"),
 }
 # Operational knobs an on-call engineer may need in an emergency (slow APIs, busy databases).
@@ -56,6 +65,8 @@ TUNABLES = (
     "rollback_verify_error_rate_range",
     "rollback_verify_error_rate_wait",
     "rollback_verify_error_rate_interval",
+    "rollback_notify_timeout",
+    "rollback_notify_max_wait",
 )
 # Knobs that loosen a check or change what code runs: rehearsals only, never production-like.
 REHEARSAL_TUNABLES = (
@@ -64,8 +75,14 @@ REHEARSAL_TUNABLES = (
     "rollback_propagation_discovery",
     "rollback_propagation_require_fetch",
     "rollback_propagation_clock_skew",
+    "rollback_schema_report_query_text",  # puts other sessions' SQL (customers' data) in the messages
     "rollback_migrations_version_locations",
     "rollback_migrations_ini",
+    # The migration tool and project are the inventory's (group or host variables); a rehearsal may pass them.
+    "rollback_schema_tool",
+    "rollback_migrations_config_file",
+    "rollback_efcore_down_script",
+    "rollback_efcore_up_script",
 )
 # What AWX itself adds to a job's extra vars (awx/main/models: awx_meta_vars), and the template's own.
 AWX_META = (
@@ -246,6 +263,7 @@ def check_request(given: GuardInput) -> Verdict:
         "check_mode": bool(given.cliargs.get("check")),
         "limit": given.cliargs.get("subset") or None,
         "tunables": {k: extra[k] for k in (*TUNABLES, *REHEARSAL_TUNABLES) if k in extra},
+        "accept_data_statements": extra.get("rollback_accept_data_statements") or [],
     }
     try:
         _check_cli(given.cliargs)

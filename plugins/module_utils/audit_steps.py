@@ -33,6 +33,7 @@ FACTS_KEY = "rollback_audit"
 # The record's own fields and the request's (audit_guard): no step may publish these names.
 RESERVED_KEYS = frozenset(
     {
+        "accept_data_statements",
         "awx_job_id",
         "awx_job_template",
         "environment",
@@ -97,6 +98,7 @@ class Step:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     failed_hosts: dict[str, int] = field(default_factory=dict)
     failure: dict | None = None
+    failed_first: float | None = None  # clock time of its first failed result: "failed at" names the earliest
 
     def outcome(self) -> str:
         """The first of failed, rescued, changed, ok that any result had; skipped if none."""
@@ -153,6 +155,8 @@ class Steps:
         step.counts[outcome] += 1
         if outcome == "failed":
             step.failed_hosts[host] = step.failed_hosts.get(host, 0) + 1
+            if step.failed_first is None:
+                step.failed_first = self.clock()
 
     def rescued(self, recap: dict) -> None:
         """Failures of hosts that ended with no failure were handled by a rescue section: `rescued`."""
@@ -162,6 +166,8 @@ class Steps:
                 moved = step.failed_hosts.pop(host)
                 step.counts["failed"] -= moved
                 step.counts["rescued"] += moved
+            if not step.failed_hosts:
+                step.failed_first = None
 
     def fail(self, step: Step, task: str, host: str, message: str, secrets: set[str]) -> None:
         """Keep the first failure of a step (its message redacted)."""
@@ -172,7 +178,10 @@ class Steps:
         return [step.as_dict() for step in self.steps.values()]
 
     def first_failed(self) -> str | None:
-        return next((s.name for s in self.steps.values() if s.outcome() == "failed"), None)
+        """The step whose failure came first in time (a role may run twice: notify right after the flag
+        step and again at the end, where the alert's own `fail` must not be taken for the cause)."""
+        failed = [s for s in self.steps.values() if s.outcome() == "failed" and s.failed_first is not None]
+        return min(failed, key=lambda s: s.failed_first).name if failed else None
 
 
 def outcome_of(

@@ -318,6 +318,22 @@ def test_a_failure_the_rescue_turns_into_a_failed_run_stays_failed(driver):
     assert next(s for s in end["steps"] if s["name"] == "schema")["failure"]["message"] == "lock timeout"
 
 
+def test_failed_at_names_the_step_that_failed_first_when_a_role_runs_twice(driver):
+    """notify runs right after the flag step (the start event) and again at the end, where the alert's own
+    `fail` must not be taken for the cause."""
+    driver.start()
+    driver.run_task("rollback_flag : Record the flag switch", seconds=1.0)
+    driver.run_task("rollback_notify : Show the audit status the alert would carry", hosts=("db-eu",), seconds=1.0)
+    failed = {"failed": True, "msg": "lock"}
+    driver.run_task("rollback_schema : Fail here when asked", failed, hook="failed", seconds=1.0)
+    alert_failed = {"failed": True, "msg": "ROLLBACK FAILED"}
+    driver.run_task("rollback_notify : Record the notifications", alert_failed, hook="failed", seconds=1.0)
+    driver.finish()
+    end = driver.records()[-1]
+    assert [s["name"] for s in end["steps"]] == ["flag", "notify", "schema"]
+    assert end["outcome"] == "failed at schema"
+
+
 def test_unreachable_host_fails_its_step(driver):
     driver.start()
     driver.run_task(

@@ -4,6 +4,7 @@
     rollback SCENARIO --label NAME [--expect success|failure|killed|any] [--load-rate R]
              [--flag-fault 500|503|401] [--blocker hold|release-when-queued|release-after=S]
              [--kill] [--parallel N] [-e VAR=VALUE ...]
+    dba-fix  SCENARIO                               record what a failed downgrade left, then undo 0003 by hand
     report   SCENARIO                               what the drill did, readable (steps, load, notifications, audit)
     instance SCENARIO start|cut|write|fix|stop [--count N]
                                                     the stale-instance drill's third app instance (drills/stale.py)
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--parallel", type=int, default=1, help="rollbacks launched at the same moment")
     rollback.add_argument("-e", dest="extra_vars", action="append", default=[], help="extra var for rollback.yml")
 
+    fix = commands.add_parser("dba-fix", help="record the failed downgrade's state, then remove 0003 by hand")
+    fix.add_argument("scenario")
+
     show = commands.add_parser("report", help="what the scenario's drill did, readable")
     show.add_argument("scenario")
 
@@ -82,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 for r in records
             ]
             print(json.dumps({"drill": "rollback", "runs": runs, "changed": sum(r["changed"] for r in runs)}))
+        elif args.command == "dba-fix":
+            print(json.dumps({"drill": "dba-fix", "after_failure": drill.dba_fix(args.scenario)}))
         elif args.command == "instance":
             stale.act(args.scenario, args.action, args.count)
         else:
