@@ -48,7 +48,7 @@ REQUEST_INPUTS = {
         "operator",
         "rollback_revision",
         "rollback_accept_data_statements",
-    ),  # noqa: E501
+    ),
     "deploy": ("env", "reason", "ticket", "confirm", "operator", "deploy_revision"),
 }
 # Operational knobs an on-call engineer may need in an emergency (slow APIs, busy databases).
