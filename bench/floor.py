@@ -48,7 +48,10 @@ use_module_utils()
 import requests  # noqa: E402
 import yaml  # noqa: E402
 from ansible.module_utils.alembic_runner import revert_databases  # noqa: E402
-from ansible.module_utils.audit_chain import append_record  # noqa: E402
+from ansible.module_utils.audit_chain import AuditKey  # noqa: E402
+from ansible.module_utils.audit_file import append_record  # noqa: E402
+
+KEY = AuditKey.from_env()  # the rollback seals its records when ROLLBACK_AUDIT_KEY is set: so does the floor
 from ansible.module_utils.flag_barrier import wait_for_path  # noqa: E402
 from ansible.module_utils.flag_providers import make_provider  # noqa: E402
 from ansible.module_utils.flag_switch import switch_flag  # noqa: E402
@@ -322,7 +325,7 @@ class Floor:
     def run(self) -> dict:
         started_at, began = time.time(), time.perf_counter()
         if self.audit_file:
-            append_record(self.audit_file, {"kind": "start", "playbook": "bench.floor", "reason": self.reason})
+            append_record(self.audit_file, {"kind": "start", "playbook": "bench.floor", "reason": self.reason}, KEY)
         self._step("preflight", self.preflight)
         self._step("flag", self.flag)
         self._step("propagation", self.propagation)
@@ -338,7 +341,7 @@ class Floor:
                 "steps": [{"name": n, "duration_seconds": s["seconds"]} for n, s in self.steps.items()],
                 **{k: v for k, v in self.facts.items() if k != "points"},
             }
-            append_record(self.audit_file, json.loads(json.dumps(record, default=str)))
+            append_record(self.audit_file, json.loads(json.dumps(record, default=str)), KEY)
         total = time.perf_counter() - began
         return {
             "total_seconds": round(total, 4),

@@ -72,7 +72,10 @@ class Context:
         run = self.next_id(tag)
         inventory = None
         if len(databases) > 1:
-            inventory = tenants_inventory(self.out / "inventory" / f"tenants-{len(databases)}.yml", databases[1:])
+            # Inside the measured project: the rollback's guard refuses an inventory from elsewhere.
+            inventory = tenants_inventory(
+                project() / ".run" / "bench-inventory" / f"tenants-{len(databases)}.yml", databases[1:]
+            )
         return run_playbook(
             "rollback.yml",
             {**self.env, **kwargs.pop("env", {})},

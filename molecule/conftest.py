@@ -70,9 +70,10 @@ def audit_verify(host, scenario):
 
     def run() -> str:
         command = host.run(
-            "cd %s && ANSIBLE_CONFIG=ansible.cfg ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1"
+            "cd %s && ROLLBACK_AUDIT_KEY=%s ANSIBLE_CONFIG=ansible.cfg ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1"
             " %s/ansible-playbook playbooks/audit_verify.yml -e audit_file=%s",
             str(context.ROOT),
+            context.audit_key(scenario.audit_file),
             str(context.VENV_BIN),
             str(scenario.audit_file),
         )

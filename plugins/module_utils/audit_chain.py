@@ -1,43 +1,45 @@
 # Copyright: contributors to the emergency-rollback runbook
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The audit log of the rollback: an append-only JSONL file whose records form a sha256 chain.
+"""The audit record format: canonical JSON lines, a sha256 chain and an HMAC seal per record.
 
 One line is one record, a JSON object in canonical form (sorted keys, no spaces, UTF-8) with:
 
-- `seq`: 1 for the first record of the file, then +1 per record;
+- `seq`: 1 for the first record of its chain, then +1 per record;
 - `prev_sha256`: sha256 of the previous line's exact bytes (without its newline), 64 zeros for the first;
-- `sha256`: sha256 of the canonical JSON of the record without its `sha256` field;
-- `run_id` and `kind` (`start` or `end`): a run writes a `start` record when it begins and an
-  `end` record when it finishes (or is interrupted).
+- `sha256`: sha256 of the canonical JSON of the record without its `sha256` and `seal` fields;
+- `seal` and `key_id` (when a key is configured): `seal` is the HMAC-SHA256, keyed with
+  `ROLLBACK_AUDIT_KEY`, of the canonical JSON of the record without `seal`; `key_id` names the key
+  (an HMAC of a fixed text, so it says nothing about the key). Anyone can recompute a sha256
+  chain after rewriting a record; without the key nobody can recompute its seal.
+- `run_id` and `kind` (`start`, `request`, `plan`, `end`): a run writes a `start` record when it
+  begins, a `request` record once its request is checked (who, why, ticket, environment), a `plan`
+  record once each database's revert is planned, and an `end` record when it finishes or is interrupted.
 
-`append_record` appends under an exclusive `flock`, computing `seq` and `prev_sha256` from the
-file's last line while holding it, so concurrent runs can share one file. `verify_lines` /
-`verify_file` walk the chain and name the first broken record and why: `not JSON`, `edited`,
-`deleted` or `reordered`. Runs with a `start` but no `end` are reported as aborted (no end
-record) unless their controller process is still alive on this host (then: in progress).
+`verify_lines` walks a chain and names the first broken record and why: `not JSON`, `edited`,
+`resealed without the key`, `missing at the start`, `missing in the middle` or `reordered`. A chain
+alone cannot see records cut off its end: `audit_crosscheck` compares it with the PostgreSQL copy.
 
-Plain Python, used by the `rollback_audit` callback and the `audit_verify` module.
+Plain Python, used by the `rollback_audit` callback, its sinks and the `audit_verify` module.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
+import hmac
 import json
 import os
 import socket
-import stat
-import time
 from dataclasses import dataclass, field
 
 ZERO_SHA256 = "0" * 64
 REQUIRED_FIELDS = ("kind", "prev_sha256", "run_id", "seq", "sha256")
-KINDS = ("start", "end")
-LOCK_TIMEOUT = 10.0
-MIN_FREE_BYTES = 64 * 1024
+CHAIN_FIELDS = ("seq", "prev_sha256", "sha256", "seal")
+KINDS = ("start", "request", "plan", "end")
+KEY_ENV = "ROLLBACK_AUDIT_KEY"
+MIN_KEY_BYTES = 16
 ABORTED_NO_END = "aborted (no end record)"
+RESEALED = "resealed without the key"
 
 
 class AuditError(Exception):
@@ -45,7 +47,11 @@ class AuditError(Exception):
 
 
 class AuditWriteError(AuditError):
-    """The audit file could not be created, locked, or appended to."""
+    """An audit sink could not be created, locked, or appended to."""
+
+
+class AuditKeyError(AuditError):
+    """ROLLBACK_AUDIT_KEY is unusable (too short)."""
 
 
 def canonical(record: dict) -> bytes:
@@ -58,113 +64,60 @@ def sha256_hex(data: bytes) -> str:
 
 
 def record_sha256(record: dict) -> str:
-    """sha256 of the record's canonical JSON without its `sha256` field."""
-    return sha256_hex(canonical({k: v for k, v in record.items() if k != "sha256"}))
-
-
-def seal(record: dict, prev_line: bytes | None, prev_seq: int) -> tuple[dict, bytes]:
-    """Chain `record` after `prev_line` (None for the first record): returns the sealed record and its line."""
-    sealed = {k: v for k, v in record.items() if k not in ("seq", "prev_sha256", "sha256")}
-    sealed["seq"] = prev_seq + 1
-    sealed["prev_sha256"] = ZERO_SHA256 if prev_line is None else sha256_hex(prev_line)
-    sealed["sha256"] = record_sha256(sealed)
-    return sealed, canonical(sealed)
+    """sha256 of the record's canonical JSON without its `sha256` and `seal` fields."""
+    return sha256_hex(canonical({k: v for k, v in record.items() if k not in ("sha256", "seal")}))
 
 
 # --------------------------------------------------------------------------------------------
-# Writing
+# The key
 
 
-def _mkdir_private(directory: str, gid: int | None) -> None:
-    """Create `directory` (and missing parents) as 0700, or 0750 owned by the audit group."""
-    if os.path.isdir(directory):
-        return
-    parent = os.path.dirname(directory)
-    if parent and parent != directory:
-        _mkdir_private(parent, gid)
-    try:
-        os.mkdir(directory, 0o750 if gid is not None else 0o700)
-    except FileExistsError:
-        return
-    if gid is not None:
-        os.chown(directory, -1, gid)
-        os.chmod(directory, 0o750)  # noqa: S103 - readable by the audit group only, by request
+@dataclass(frozen=True)
+class AuditKey:
+    """The HMAC key of the seals. Its repr never shows the key."""
+
+    secret: bytes = field(repr=False)
+
+    @classmethod
+    def from_env(cls, environ: dict | None = None) -> AuditKey | None:
+        """The key of ROLLBACK_AUDIT_KEY (None when unset or empty; AuditKeyError when too short)."""
+        value = (os.environ if environ is None else environ).get(KEY_ENV) or ""
+        if not value:
+            return None
+        secret = value.encode()
+        if len(secret) < MIN_KEY_BYTES:
+            raise AuditKeyError(
+                f"{KEY_ENV} is too short to seal the audit ({len(secret)} bytes): use at least {MIN_KEY_BYTES}"
+                " random bytes, e.g. the output of `openssl rand -hex 32`"
+            )
+        return cls(secret)
+
+    @property
+    def key_id(self) -> str:
+        return self.mac(b"rollback-audit key id")[:16]
+
+    def mac(self, data: bytes) -> str:
+        return hmac.new(self.secret, data, hashlib.sha256).hexdigest()
+
+    def valid(self, data: bytes, seal: object) -> bool:
+        return isinstance(seal, str) and hmac.compare_digest(self.mac(data), seal)
 
 
-def resolve_group(name: str | None) -> int | None:
-    """The gid of the audit group `name` (None: no group, mode 0600)."""
-    if not name:
-        return None
-    import grp  # noqa: PLC0415 - POSIX only, and only when a group is configured
-
-    try:
-        return grp.getgrnam(name).gr_gid
-    except KeyError:
-        raise AuditWriteError(f"the audit group {name!r} does not exist: create it or unset file_group") from None
-
-
-def open_for_append(path: str, group: str | None = None) -> int:
-    """Open (creating it 0600, or 0640 for `group`, with a private parent dir) the audit file for appending."""
-    gid = resolve_group(group)
-    try:
-        _mkdir_private(os.path.dirname(os.path.abspath(path)), gid)
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    except FileExistsError:
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CLOEXEC)
-        except OSError as exc:
-            raise AuditWriteError(f"cannot open {path}: {exc.strerror}") from None
-    except OSError as exc:
-        raise AuditWriteError(f"cannot create {path}: {exc.strerror}") from None
-    else:
-        try:
-            if gid is not None:
-                os.fchown(fd, -1, gid)
-                os.fchmod(fd, 0o640)
-            else:
-                os.fchmod(fd, 0o600)
-        except OSError as exc:
-            os.close(fd)
-            raise AuditWriteError(f"cannot set the mode of {path}: {exc.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise AuditWriteError(f"{path} is not a regular file")
-    return fd
+def seal(body: dict, prev_line: bytes | None, prev_seq: int, key: AuditKey | None) -> tuple[dict, bytes]:
+    """Chain `body` after `prev_line` (None for the first record) and seal it: the record and its line."""
+    record = {k: v for k, v in body.items() if k not in (*CHAIN_FIELDS, "key_id")}
+    record["seq"] = prev_seq + 1
+    record["prev_sha256"] = ZERO_SHA256 if prev_line is None else sha256_hex(prev_line)
+    if key is not None:
+        record["key_id"] = key.key_id
+    record["sha256"] = record_sha256(record)
+    if key is not None:
+        record["seal"] = key.mac(canonical(record))
+    return record, canonical(record)
 
 
-def _lock(fd: int, path: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise AuditWriteError(f"cannot lock {path}: {exc.strerror}") from None
-        if time.monotonic() >= deadline:
-            raise AuditWriteError(f"cannot lock {path}: another process held it for {timeout:.0f} s")
-        time.sleep(0.02)
-
-
-def _last_line(fd: int) -> tuple[bytes | None, bool]:
-    """The file's last line without its newline (None if empty), and whether the file ends with a newline."""
-    size = os.fstat(fd).st_size
-    if size == 0:
-        return None, True
-    ends_with_newline = os.pread(fd, 1, size - 1) == b"\n"
-    pos = size - 1 if ends_with_newline else size
-    buf = b""
-    while pos > 0:
-        start = max(0, pos - 8192)
-        buf = os.pread(fd, pos - start, start) + buf
-        pos = start
-        cut = buf.rfind(b"\n")
-        if cut >= 0:
-            return buf[cut + 1 :], ends_with_newline
-    return buf, ends_with_newline
-
-
-def _seq_of(line: bytes | None) -> int:
+def seq_of(line: bytes | None) -> int:
+    """The seq of a line (0 for None or a line without a usable seq)."""
     if line is None:
         return 0
     try:
@@ -174,59 +127,35 @@ def _seq_of(line: bytes | None) -> int:
     return seq if isinstance(seq, int) and not isinstance(seq, bool) else 0
 
 
-def append_record(path: str, record: dict, group: str | None = None, lock_timeout: float = LOCK_TIMEOUT) -> dict:
-    """Seal `record` after the file's last line and append it, flushed and fsynced; returns the sealed record.
-
-    A torn last line (no trailing newline) is left as it is, as evidence: the new record starts on
-    a line of its own and chains to the torn bytes, and `verify` reports the torn line.
-    """
-    fd = open_for_append(path, group)
+def check_record(raw: bytes, key: AuditKey | None) -> tuple[dict | None, str | None, str]:  # noqa: PLR0911
+    """Parse and self-check one line: (record, reason, detail); reason is None when it is sound."""
     try:
-        _lock(fd, path, lock_timeout)
-        prev, ends_with_newline = _last_line(fd)
-        sealed, line = seal(record, prev, _seq_of(prev))
-        data = (b"" if ends_with_newline else b"\n") + line + b"\n"
-        try:
-            written = os.write(fd, data)
-            if written != len(data):
-                raise AuditWriteError(f"cannot append to {path}: short write ({written} of {len(data)} bytes)")
-            os.fsync(fd)
-        except OSError as exc:
-            raise AuditWriteError(f"cannot append to {path}: {exc.strerror}") from None
-        return sealed
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def file_identity(path: str) -> tuple[int, int] | None:
-    """(device, inode) of the audit file, None if it does not exist."""
+        record = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None, "not JSON", "the line is not a JSON object (torn or edited by hand)"
+    if not isinstance(record, dict):
+        return None, "not JSON", "the line is not a JSON object"
+    missing = [name for name in REQUIRED_FIELDS if name not in record]
+    if missing:
+        return record, "edited", f"the field(s) {', '.join(missing)} are missing"
+    if record["kind"] not in KINDS or not isinstance(record["seq"], int) or isinstance(record["seq"], bool):
+        return record, "edited", "kind or seq has a value the callback never writes"
+    if record_sha256(record) != record["sha256"]:
+        return record, "edited", "its sha256 does not match its content"
     try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-def probe(path: str, identity: tuple[int, int] | None) -> None:
-    """Raise AuditWriteError unless the audit file is still the one we wrote and can take another record."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise AuditWriteError(f"{path} is gone: {exc.strerror}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise AuditWriteError(f"{path} is no longer a regular file")
-    if identity is not None and (st.st_dev, st.st_ino) != identity:
-        raise AuditWriteError(f"{path} was replaced by another file during the run")
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
-    except OSError as exc:
-        raise AuditWriteError(f"cannot open {path} for appending: {exc.strerror}") from None
-    try:
-        vfs = os.fstatvfs(fd)
-    finally:
-        os.close(fd)
-    if vfs.f_bavail * vfs.f_frsize < MIN_FREE_BYTES:
-        raise AuditWriteError(f"the file system of {path} is full")
+        is_canonical = canonical(record) == raw
+    except ValueError:
+        is_canonical = False
+    if not is_canonical:
+        return record, "edited", "its bytes are not the canonical JSON the callback writes"
+    if key is not None:
+        if "seal" not in record:
+            return record, RESEALED, "it carries no seal, which every record written with the key has"
+        if record.get("key_id") != key.key_id:
+            return record, RESEALED, f"its key_id {record.get('key_id')!r} is not the verifying key's {key.key_id!r}"
+        if not key.valid(canonical({k: v for k, v in record.items() if k != "seal"}), record["seal"]):
+            return record, RESEALED, "its seal does not match its content: rewritten by someone without the key"
+    return record, None, ""
 
 
 # --------------------------------------------------------------------------------------------
@@ -266,19 +195,21 @@ def controller_alive(controller: dict) -> bool:
 
 
 # --------------------------------------------------------------------------------------------
-# Verifying
+# Verifying a chain
 
 
 @dataclass
 class Broken:
     line: int
     run_id: str | None
-    reason: str  # "not JSON", "edited", "deleted" or "reordered"
+    reason: str
     detail: str
+    copy: str = "file"
 
     def message(self) -> str:
         run = f" (run {self.run_id})" if self.run_id else ""
-        return f"broken at line {self.line}{run}: {self.reason}: {self.detail}"
+        where = "line" if self.copy == "file" else "PostgreSQL seq"
+        return f"broken at {where} {self.line}{run}: {self.reason}: {self.detail}"
 
 
 @dataclass
@@ -308,6 +239,8 @@ class Report:
     runs: dict[str, Run] = field(default_factory=dict)
     broken: Broken | None = None
     head_sha256: str = ZERO_SHA256
+    head_seq: int = 0
+    sealed: int = 0
 
     @property
     def ok(self) -> bool:
@@ -336,131 +269,83 @@ class Report:
             "in_progress_runs": [r.as_dict() for r in self.in_progress()],
             "broken": None if self.broken is None else vars(self.broken).copy(),
             "head_sha256": self.head_sha256,
+            "head_seq": self.head_seq,
         }
 
 
-def _check_record(raw: bytes) -> tuple[dict | None, str | None, str | None]:  # noqa: PLR0911 - one per reason
-    """Parse and self-check one line: (record, reason, detail); reason is None when it is sound."""
-    try:
-        record = json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
-        return None, "not JSON", "the line is not a JSON object (torn or edited by hand)"
-    if not isinstance(record, dict):
-        return None, "not JSON", "the line is not a JSON object"
-    missing = [name for name in REQUIRED_FIELDS if name not in record]
-    if missing:
-        return record, "edited", f"the field(s) {', '.join(missing)} are missing"
-    if record["kind"] not in KINDS or not isinstance(record["seq"], int) or isinstance(record["seq"], bool):
-        return record, "edited", "kind or seq has a value the callback never writes"
-    if record_sha256(record) != record["sha256"]:
-        return record, "edited", "its sha256 does not match its content"
-    try:
-        is_canonical = canonical(record) == raw
-    except ValueError:
-        is_canonical = False
-    if not is_canonical:
-        return record, "edited", "its bytes are not the canonical JSON the callback writes"
-    return record, None, None
-
-
-def _link_failure(index: int, record: dict, lines: list[bytes], hashes: list[str], prev_seq: int) -> Broken:
+def _link_failure(index: int, record: dict, hashes: list[str], prev_seq: int) -> Broken:  # noqa: PLR0911
     """Classify a record whose prev_sha256 does not match the line before it."""
     number = index + 1
     run_id = record.get("run_id")
     seq = record["seq"]
-    later = [i for i in range(index + 1, len(lines)) if hashes[i] == record["prev_sha256"]]
+    later = [i for i in range(index + 1, len(hashes)) if hashes[i] == record["prev_sha256"]]
     if later:
         return Broken(number, run_id, "reordered", f"it follows line {later[0] + 1}, which now comes after it")
     if record["prev_sha256"] == ZERO_SHA256 and index > 0:
         return Broken(number, run_id, "reordered", "the first record of the chain is not on the first line")
     if seq > prev_seq + 1:
         missing = seq - prev_seq - 1
-        where = "before it" if index else "at the start of the file"
-        return Broken(number, run_id, "deleted", f"{missing} record(s) {where} are missing (seq {prev_seq} -> {seq})")
+        if index == 0:
+            return Broken(number, run_id, "missing at the start", f"{missing} record(s) before it are missing")
+        detail = f"{missing} record(s) before it are missing (seq {prev_seq} -> {seq})"
+        return Broken(number, run_id, "missing in the middle", detail)
     if seq <= prev_seq:
         return Broken(number, run_id, "reordered", f"its seq {seq} comes after seq {prev_seq}")
-    # The seq follows on but the link does not: the line before was changed and sealed again.
-    prev_record = json.loads(lines[index - 1]) if index else {}
-    return Broken(
-        number - 1,
-        prev_record.get("run_id"),
-        "edited",
-        f"it was changed and re-sealed: line {number} no longer chains to it",
-    )
+    if index == 0:
+        return Broken(number, run_id, "edited", "the first record does not start a chain (prev_sha256 is not zeros)")
+    # The seq follows on but the link does not: the line before was changed and hashed again.
+    return Broken(number - 1, None, "edited", f"it was changed and re-hashed: line {number} no longer chains to it")
 
 
-def verify_lines(lines: list[bytes], current_run_id: str | None = None) -> Report:
-    """Verify a chain given as lines (without newlines); stops at the first broken record."""
+def note_run(report: Report, record: dict, number: int) -> None:
+    run = report.runs.setdefault(record["run_id"], Run(record["run_id"]))
+    if record["kind"] == "start":
+        run.start_line = number
+        run.playbook = record.get("playbook")
+        run.started_at = record.get("started_at")
+        run.controller = record.get("controller") or {}
+    elif record["kind"] == "end":
+        run.end_line = number
+        run.outcome = record.get("outcome") or "unknown"
+        run.playbook = run.playbook or record.get("playbook")
+        run.started_at = run.started_at or record.get("started_at")
+
+
+def verify_lines(lines: list[bytes], key: AuditKey | None = None, current_run_id: str | None = None) -> Report:
+    """Verify a chain given as lines (without newlines); stops at the first broken record.
+
+    With `key`, every record must carry a valid seal of that key; without it, seals are not checked
+    (`Report.sealed` counts the records that carry one, so that the caller can insist on the key).
+    """
     report = Report()
     hashes = [sha256_hex(line) for line in lines]
     prev_seq = 0
     for index, raw in enumerate(lines):
-        record, reason, detail = _check_record(raw)
+        record, reason, detail = check_record(raw, key)
         run_id = record.get("run_id") if isinstance(record, dict) else None
+        run_id = run_id if isinstance(run_id, str) else None
         if reason is not None:
-            report.broken = Broken(index + 1, run_id if isinstance(run_id, str) else None, reason, detail or "")
+            report.broken = Broken(index + 1, run_id, reason, detail)
             break
         expected = ZERO_SHA256 if index == 0 else hashes[index - 1]
-        if record["prev_sha256"] != expected:
-            report.broken = _link_failure(index, record, lines, hashes, prev_seq)
+        if record["prev_sha256"] != expected or (index == 0 and record["seq"] != 1):
+            report.broken = _link_failure(index, record, hashes, prev_seq)
             break
         if record["seq"] != prev_seq + 1:
-            detail = f"its seq {record['seq']} does not follow seq {prev_seq} (changed and re-sealed)"
+            detail = f"its seq {record['seq']} does not follow seq {prev_seq} (changed and re-hashed)"
             report.broken = Broken(index + 1, run_id, "edited", detail)
             break
         prev_seq = record["seq"]
         report.records += 1
-        report.head_sha256 = hashes[index]
-        run = report.runs.setdefault(run_id, Run(run_id))
-        if record["kind"] == "start":
-            run.start_line = index + 1
-            run.playbook = record.get("playbook")
-            run.started_at = record.get("started_at")
-            run.controller = record.get("controller") or {}
-        else:
-            run.end_line = index + 1
-            run.outcome = record.get("outcome") or "unknown"
-            run.playbook = run.playbook or record.get("playbook")
-            run.started_at = run.started_at or record.get("started_at")
+        report.sealed += "seal" in record
+        report.head_sha256, report.head_seq = hashes[index], prev_seq
+        note_run(report, record, index + 1)
+    return mark_aborted(report, current_run_id)
+
+
+def mark_aborted(report: Report, current_run_id: str | None = None) -> Report:
+    """Runs without an end record whose controller is gone are aborted (no end record)."""
     for run in report.runs.values():
         if run.end_line is None and run.run_id != current_run_id and not controller_alive(run.controller):
             run.outcome = ABORTED_NO_END
     return report
-
-
-def read_lines(path: str) -> list[bytes]:
-    """The lines of the audit file (without newlines); a final line without newline is kept (torn)."""
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except FileNotFoundError:
-        raise AuditError(f"{path} does not exist: no audited run has written to it yet, or the path is wrong") from None
-    except OSError as exc:
-        raise AuditError(f"cannot read {path}: {exc.strerror}") from None
-    if not data:
-        return []
-    lines = data.split(b"\n")
-    if lines[-1] == b"":
-        lines.pop()
-    return lines
-
-
-def verify_file(path: str, current_run_id: str | None = None) -> Report:
-    return verify_lines(read_lines(path), current_run_id)
-
-
-def run_audit_verify(params: dict, check_mode: bool = False, diff: bool = False) -> dict:
-    """The audit_verify plugin: verify_file() as a task result (see the module's documentation)."""
-    path = params["path"]
-    current = params["current_run_id"] or None
-    try:
-        report = verify_file(path, current_run_id=current)
-    except AuditError as exc:
-        return {"changed": False, "failed": True, "msg": f"Cannot verify the audit log: {exc}"}
-    result = {"changed": False, **report.as_dict()}
-    if not report.ok:
-        return {**result, "failed": True, "msg": f"Audit chain of {path} is {result['msg']}"}
-    if current and current not in report.runs:
-        message = f"Audit log {path} has no start record of this run {current}: is the callback enabled?"
-        return {**result, "failed": True, "msg": message}
-    return result

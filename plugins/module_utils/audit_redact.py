@@ -21,7 +21,9 @@ from urllib.parse import urlsplit
 
 MARK_NO_LOG = "<censored: no_log>"
 MARK_SECRET = "<censored: secret>"  # noqa: S105 - the marker, not a password
-SECRET_KEY = re.compile(r"password|passwd|token|api_?key|secret|dsn|webhook|credential|private_?key", re.IGNORECASE)
+SECRET_KEY = re.compile(
+    r"password|passwd|token|api_?key|audit_?key|secret|dsn|webhook|credential|private_?key", re.IGNORECASE
+)
 MIN_SECRET_LENGTH = 6  # shorter values ("1", "true") would scrub harmless text; no real secret is that short
 MAX_STRING = 2000
 MAX_DEPTH = 12

@@ -70,7 +70,11 @@ def switch_flag(
         result["changed"] = True
         result["state"] = state
         if not check_mode:
-            written = provider.write(desired, comment)
+            try:
+                written = provider.write(desired, comment)
+            except Exception as exc:  # the caller still learns what the flag was before the failed write
+                exc.previous_state = result["previous_state"]
+                raise
             result["attempts"] = written.attempts
             result["change_reference"] = written.reference
             result["change_reference_kind"] = written.reference_kind if written.reference is not None else ""
@@ -129,6 +133,8 @@ def run_feature_flag(params: dict, check_mode: bool = False, diff: bool = False)
         outcome = switch_flag(provider, params["state"], check_mode=check_mode, comment=params["comment"])
     except (FlagError, HttpError) as exc:
         result["attempts"] = getattr(exc, "attempts", 0)
+        if getattr(exc, "previous_state", None):
+            result["previous_state"] = exc.previous_state
         failure = {"failed": True, "msg": redact(str(exc), secrets), "error_type": type(exc).__name__}
         return {**result, **failure, "warnings": warnings}
     except Exception as exc:  # an unexpected failure must still not leak the key

@@ -142,6 +142,7 @@ def test_rollback_reverts_verifies_notifies_and_audits(deployed, playbook):
     run = rollback(
         playbook,
         stack,
+        envvars={"JOB_ID": "4242", "AWX_HOST": "https://awx.example.internal"},  # AWX's own job environment
         awx_user_name="alice",
         awx_job_id="4242",
         awx_job_template_name="Rollback-DataTransformation-Feature",
@@ -180,6 +181,7 @@ def test_rollback_reverts_verifies_notifies_and_audits(deployed, playbook):
     db = record["databases"]["local-app"]
     assert (db["revision_before"], db["revision_after"]) == (FEATURE, LEGACY)
     assert db["sql_sha256"] == record["plan"]["local-app"]["sql_sha256"]
+    assert [r["kind"] for r in run.audit_records()] == ["start", "request", "plan", "end"]
     assert list(dict.fromkeys(s["name"] for s in record["steps"])) == [
         "preflight",
         "flag",
@@ -229,7 +231,7 @@ def test_check_mode_prints_the_plan_and_changes_nothing(deployed, playbook):
     [
         ({"reason": "x"}, "env is missing: give -e env=<one of"),
         ({"env": "qa", "reason": "x"}, "env=qa is not an environment of the inventory: give -e env=<one of"),
-        ({"env": "local"}, "missing required arguments: reason"),
+        ({"env": "local"}, 'reason is empty: say why with -e reason="..."'),
         ({"env": "local", "reason": "  "}, 'reason is empty: say why with -e reason="..."'),
         (
             {"env": "prod", "reason": "x"},
@@ -242,15 +244,17 @@ def test_bad_request_is_refused_with_one_sentence(stack, playbook, extravars, ex
     run = playbook("rollback.yml", extravars=extravars, envvars=stack.env())
     assert run.rc != 0
     assert expected in run.stdout, run
-    assert "nothing was changed" in run.stdout or "missing required arguments" in run.stdout
+    assert "nothing was contacted and nothing was changed" in run.stdout
+    records = run.audit_records()
+    assert [r["kind"] for r in records] == ["start", "request", "end"] and records[-1]["outcome"] == "refused"
 
 
 @pytest.mark.parametrize("cmdline", ["--skip-tags never", "--tags flag", "--tags all,flag"])
 def test_partial_runs_by_tag_are_refused(stack, playbook, cmdline):
     """Any --tags/--skip-tags, even one that would skip nothing today, is refused before any step."""
     run = playbook("rollback.yml", extravars={"env": "local", "reason": "x"}, envvars=stack.env(), cmdline=cmdline)
-    assert run.rc != 0 and "The rollback runs whole: drop --tags/--skip-tags" in run.stdout, run
-    assert "nothing was changed" in run.stdout and "Check the request" not in run.stdout
+    assert run.rc != 0 and "is refused: the rollback runs whole" in run.stdout, run
+    assert "nothing was changed" in run.stdout and "TASK [" not in run.stdout
 
 
 @pytest.mark.parametrize(
@@ -259,11 +263,10 @@ def test_partial_runs_by_tag_are_refused(stack, playbook, cmdline):
         ({"FF_API_KEY": ""}, "FF_API_KEY"),
         ({"FF_API_KEY": "*:*.0123456789abcdef0123456789abcdef"}, "rejected"),
         ({"FF_API_URL": "http://127.0.0.1:{port}"}, "Cannot"),
-        ({"ROLLBACK_DB_PORT": "{port}"}, "local-app"),
     ],
-    ids=["missing-api-key", "wrong-api-key", "flag-api-down", "database-unreachable"],
+    ids=["missing-api-key", "wrong-api-key", "flag-api-down"],
 )
-def test_unreachable_or_unauthorised_services_stop_the_rollback_before_any_change(
+def test_a_flag_system_that_refuses_or_does_not_answer_stops_the_rollback_before_any_change(
     deployed, playbook, envvars, expected
 ):
     stack = deployed
@@ -272,15 +275,34 @@ def test_unreachable_or_unauthorised_services_stop_the_rollback_before_any_chang
     run = rollback(playbook, stack, envvars=envvars, rollback_flag_max_wait=2)
     assert run.rc != 0
     assert expected in run.stdout, run
-    assert flag_enabled(stack) and revision(stack) == FEATURE, "a refused rollback changed something"
+    assert flag_enabled(stack) and revision(stack) == FEATURE, "a failed flag step changed something"
     record = end_record(run)
-    assert record["outcome"] == "failed at preflight"
-    alerts = stack.mails()[mails_before:]
-    assert (
-        alerts
-        and "ROLLBACK FAILED at step preflight" in alerts[-1]["text"]
-        and "Nothing was changed" in alerts[-1]["text"]
+    assert record["outcome"] == "failed at flag" and "plan" not in record
+    alert = stack.mails()[mails_before:][-1]["text"]
+    assert "ROLLBACK FAILED at step flag" in alert and "The schema was not touched" in alert
+    assert_no_secret(stack, run)
+
+
+def test_the_flag_goes_off_first_and_an_unreachable_database_stops_the_rest(deployed, playbook):
+    """Issue 15 §3: the flag off ends the customers' pain; a database that cannot be planned stops the run
+    there, the flag off (the legacy path is safe) and the schema untouched."""
+    stack = deployed
+    mails_before = len(stack.mails())
+    run = rollback(playbook, stack, envvars={"ROLLBACK_DB_PORT": str(free_port())})
+    assert run.rc != 0
+    assert "local-app" in run.stdout, run
+    assert not flag_enabled(stack) and revision(stack) == FEATURE
+    record = end_record(run)
+    assert record["outcome"] == "failed at preflight" and record["flag"]["state"] == "disabled"
+    started = [e["event_data"].get("task") for e in run.events if e["event"] == "playbook_on_task_start"]
+    assert started.index("Turn the flag off") < started.index(
+        "Read every database's revision and rollback point (changes nothing)"
     )
+    flag_step = next(s for s in record["steps"] if s["name"] == "flag")
+    assert flag_step["outcome"] == "changed"
+    alert = stack.mails()[mails_before:][-1]["text"]
+    assert "ROLLBACK FAILED at step preflight" in alert and "The flag is off (the legacy path is safe)" in alert
+    assert "Nothing was changed" not in alert
     assert_no_secret(stack, run)
 
 
@@ -335,32 +357,42 @@ def test_an_unreachable_discovery_source_stops_before_the_schema(deployed, playb
     assert end_record(run)["outcome"] == "failed at propagation"
 
 
-def test_a_plan_that_changed_after_preflight_is_refused(deployed, playbook, status_fake, tmp_path):
-    """Someone moves the database while the rollback waits for propagation: the approved plan no longer holds."""
+def test_a_plan_that_changed_after_it_was_made_is_refused(deployed, playbook, status_fake):
+    """Someone moves the database after the plan was made, while the rollback waits for propagation:
+    the planned SQL no longer holds, and the schema step refuses it."""
     stack = deployed
     held = status_fake.add("app-held", path="new")
     versions = [str(ROOT / "migrations" / "versions"), str(FAULTY_DIR)]
+    stop = threading.Event()
 
-    def move_database_then_release():
-        migrate_faulty(stack, "0003_faulty_downgrade")
-        status_fake.set_path("app-held", "legacy")
+    def move_database_once_the_barrier_waits():
+        # The barrier polls the held instance only after the plan was made and recorded.
+        while not stop.is_set() and not any(r.path.startswith("/app-held/") for r in status_fake.requests):
+            stop.wait(0.05)
+        if not stop.is_set():
+            migrate_faulty(stack, "0003_faulty_downgrade")
+            status_fake.set_path("app-held", "legacy")
 
-    timer = threading.Timer(4.0, move_database_then_release)
-    timer.start()
+    mover = threading.Thread(target=move_database_once_the_barrier_waits)
+    mover.start()
     try:
         run = rollback(
             playbook,
             stack,
             envvars={"APP_STATUS_URLS": held},
             rollback_migrations_version_locations=versions,
-            rollback_propagation_timeout=30,
+            rollback_propagation_timeout=60,
         )
         assert run.rc != 0
         assert "sha256" in run.stdout, run
         assert revision(stack) == "0003_faulty_downgrade", "a refused plan must leave the database as it was"
-        assert end_record(run)["outcome"] == "failed at schema"
+        record = end_record(run)
+        assert record["outcome"] == "failed at schema"
+        plan = next(r for r in run.audit_records() if r["kind"] == "plan")
+        assert plan["plan"]["local-app"]["from_revision"] == FEATURE
     finally:
-        timer.join()
+        stop.set()
+        mover.join()
         undo_faulty(stack)
 
 
@@ -466,7 +498,7 @@ def test_unwritable_audit_file_refuses_to_start(stack, playbook, tmp_path):
         audit_file=blocked / "audit.jsonl",
     )
     assert run.rc != 0
-    assert "The audit record cannot be written" in run.stdout, run
+    assert f"the audit record cannot be written (cannot create {blocked / 'audit.jsonl'}" in run.stdout, run
 
 
 # -- runner parity: what AWX injects ------------------------------------------------------------------
@@ -483,7 +515,7 @@ def test_awx_tower_aliases_name_the_operator_and_job(deployed, playbook):
             "tower_job_template_name": "Rollback-DataTransformation-Feature",
             "rollback_awx_url": "https://awx.example.internal",
         },
-        envvars=stack.env(),
+        envvars={**stack.env(), "JOB_ID": "77", "AWX_HOST": "https://awx.example.internal"},
         cmdline="--check",
     )
     assert run.rc == 0, run
@@ -491,5 +523,5 @@ def test_awx_tower_aliases_name_the_operator_and_job(deployed, playbook):
     assert (record["operator"], record["operator_source"]) == ("bob", "awx")
     assert str(record["awx_job_id"]) == "77"
     assert record["awx_job_template"] == "Rollback-DataTransformation-Feature"
-    assert record["awx_job_url"] == "https://awx.example.internal/#/jobs/playbook/77"
+    assert record["job_url"] == "https://awx.example.internal/#/jobs/playbook/77"
     assert_no_secret(stack, run)

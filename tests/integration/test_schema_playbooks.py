@@ -112,7 +112,8 @@ def test_a_statement_the_archive_cannot_follow_stops_the_rollback_until_accepted
         refused = rollback(playbook, stack, **extra)
         assert refused.rc != 0
         assert "DO $$ BEGIN DELETE FROM dl_queue WHERE id > 2; END $$" in refused.stdout
-        assert revision(stack) == "dl_do_block" and flag_enabled(stack), "refused at preflight: nothing changed"
+        # The flag goes off first (issue 15 §3): the plan refuses after it, the schema untouched.
+        assert revision(stack) == "dl_do_block" and not flag_enabled(stack), "refused at the plan: schema untouched"
         plan = next(
             e["event_data"]["res"]
             for e in refused.events

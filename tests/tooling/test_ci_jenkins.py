@@ -231,16 +231,11 @@ def test_the_change_runs_under_a_lock_per_environment_with_a_time_limit():
 
 
 def not_production_like() -> set[str]:
-    group_vars = ROOT / "inventories" / "group_vars"
-    default = yaml.safe_load((group_vars / "all.yml").read_text())["rollback_prod_like"]
+    """The environments of the survey that are not children of the inventory group production_like."""
+    groups = yaml.safe_load((ROOT / "inventories" / "hosts.yml").read_text())["all"]["children"]
+    production_like = set(groups["production_like"]["children"])
     envs = {c for c in spec_options()["env"]["choices"] if c not in CHOICES_NOT_IN_SURVEY["env"]}
-    result = set()
-    for env in envs:
-        path = group_vars / f"{env}.yml"
-        values = yaml.safe_load(path.read_text()) if path.exists() else {}
-        if not values.get("rollback_prod_like", default):
-            result.add(env)
-    return result
+    return envs - production_like
 
 
 def test_every_production_like_environment_waits_for_the_approvers():
@@ -251,7 +246,7 @@ def test_every_production_like_environment_waits_for_the_approvers():
     (condition,) = child(when, "expression")["body"]
     (exempt,) = not_production_like()
     assert condition == {"expr": "BinaryExpression", "text": f"(params.env != {exempt})"}, (
-        "only the environments whose group_vars say rollback_prod_like: false skip the approval"
+        "only the environments outside the inventory group production_like skip the approval"
     )
     entries = {i["call"]: i["args"][0] for i in children(child(approval, "input"))}
     assert entries["submitter"] == "rollback-approvers"
@@ -286,9 +281,9 @@ def test_the_operator_is_the_person_the_build_cause_names():
 
 
 def test_the_playbook_reads_the_operator_and_the_job_link_jenkins_provides():
-    preflight = (ROOT / "roles" / "rollback_preflight" / "tasks" / "main.yml").read_text()
-    assert "{source: jenkins, operator: \"{{ lookup('ansible.builtin.env', 'BUILD_USER_ID') }}\"}" in preflight
-    assert "lookup('ansible.builtin.env', 'BUILD_URL')" in preflight
+    guard = (ROOT / "plugins" / "module_utils" / "audit_guard.py").read_text()
+    assert '("jenkins", bool(environ.get("JENKINS_URL")), environ.get("BUILD_USER_ID"))' in guard
+    assert 'environ.get("JENKINS_URL") and environ.get("BUILD_URL")' in guard
 
 
 # --- secrets and the shell script --------------------------------------------------------------

@@ -2,11 +2,13 @@
 
 The objects are Ansible's own: the test playbook of tests/data/audit loaded with Playbook.load, its
 role tasks and handlers, Host, CallbackTaskResult and AggregateStats. Playbooks run end to end
-(ansible-runner, signals, concurrency) in tests/integration/test_audit_callback.py.
+(ansible-runner, signals, concurrency, PostgreSQL) in tests/integration/test_audit_callback.py;
+the guard's part in tests/unit/test_audit_guard.py and tests/integration/test_guard.py.
 """
 
 from __future__ import annotations
 
+import atexit
 import inspect
 import json
 import os
@@ -18,7 +20,10 @@ from ansible import context
 from ansible.executor.stats import AggregateStats
 from ansible.executor.task_result import CallbackTaskResult
 from ansible.inventory.host import Host
-from ansible.module_utils.audit_chain import verify_file
+from ansible.module_utils import audit_run
+from ansible.module_utils.audit_chain import AuditKey, verify_lines
+from ansible.module_utils.audit_file import read_lines
+from ansible.module_utils.audit_guard import Verdict
 from ansible.module_utils.audit_redact import MARK_NO_LOG, MARK_SECRET
 from ansible.module_utils.common.collections import ImmutableDict
 from ansible.parsing.dataloader import DataLoader
@@ -33,10 +38,16 @@ from ansible.vars.manager import VariableManager
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "audit"
 CANARY = "CANARY-unit-7f3a9c"
-NOTIFY_STATUS = "rollback_notify : Show the audit status the alert would carry"
-FLAG_FAIL = "rollback_flag : Fail here when asked"
-SCHEMA_RECORD = "rollback_schema : Record the revert of this database"
-ENV_KEYS = ("ROLLBACK_AUDIT_FILE", "ROLLBACK_AUDIT_STATUS", "ROLLBACK_AUDIT_RUN_ID")
+KEY_CANARY = "CANARY-key-unit-0123456789abcdef"
+ENV_KEYS = ("ROLLBACK_AUDIT_FILE", "ROLLBACK_AUDIT_RUN_ID", "ROLLBACK_AUDIT_PG_DSN")
+REQUEST = {
+    "environment": "local",
+    "production_like": False,
+    "reason": "go/no-go failed",
+    "ticket": "INC-1",
+    "operator": "alice",
+    "operator_source": "extra_var",
+}
 
 
 def load_plugins():
@@ -57,7 +68,6 @@ def walk(blocks):
 @pytest.fixture(scope="module")
 def loaded():
     load_plugins()
-    callback_loader.add_directory(str(ROOT / "plugins" / "callback"))
     loader = DataLoader()
     playbook = Playbook.load(str(DATA / "rollback.yml"), variable_manager=VariableManager(loader=loader), loader=loader)
     play = playbook.get_plays()[0]
@@ -65,6 +75,16 @@ def loaded():
     for role in play.get_roles():
         tasks.update({t.get_name(): t for t in walk(role.get_handler_blocks(play))})
     return playbook, play, tasks
+
+
+class Clock:
+    """An injected monotonic clock: each step's duration is exactly what the test advances."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 class Driver:
@@ -77,17 +97,23 @@ class Driver:
         self.cb.set_options(direct={"path": str(path), "only_playbooks": ["rollback.yml"], **options})
         self.stats = AggregateStats()
         self.hosts = {name: Host(name) for name in ("db-eu", "db-us")}
+        self.clock = Clock()
 
-    def start(self):
+    def start(self, request: dict | None = REQUEST):
         self.cb.v2_playbook_on_start(self.playbook)
+        if self.cb.session is not None:
+            self.cb.session.steps.clock = self.clock
+            if request is not None:
+                assert self.cb.session.record_request(Verdict(dict(request))) is None
         self.cb.v2_playbook_on_play_start(self.play)
 
-    def task(self, name):
+    def task(self, name, seconds: float = 0.0):
         task = self.tasks[name]
         if task.__class__.__name__ == "Handler":
             self.cb.v2_playbook_on_handler_task_start(task)
         else:
             self.cb.v2_playbook_on_task_start(task, False)
+        self.clock.now += seconds
         return task
 
     def result(self, task, host, data, hook="ok", stats=None, **kwargs):
@@ -100,8 +126,8 @@ class Driver:
             self.stats.increment(stat, host)
         getattr(self.cb, f"v2_runner_on_{hook}")(result, **kwargs)
 
-    def run_task(self, name, data=None, hook="ok", hosts=("db-eu", "db-us"), **kwargs):
-        task = self.task(name)
+    def run_task(self, name, data=None, hook="ok", hosts=("db-eu", "db-us"), seconds=0.0, **kwargs):
+        task = self.task(name, seconds)
         for host in hosts:
             self.result(task, host, dict(data or {"changed": False}), hook=hook, **kwargs)
         return task
@@ -118,12 +144,16 @@ def driver(loaded, tmp_path, monkeypatch):
     for key in ENV_KEYS:
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("FF_API_KEY", CANARY)
-    monkeypatch.setattr(context, "CLIARGS", CLIArgs({"check": False}))
-    return Driver(loaded, tmp_path / "audit" / "audit.jsonl")
+    monkeypatch.setenv("ROLLBACK_AUDIT_KEY", KEY_CANARY)
+    monkeypatch.setattr(context, "CLIARGS", CLIArgs({"check": False, "args": (str(DATA / "rollback.yml"),)}))
+    driver = Driver(loaded, tmp_path / "audit" / "audit.jsonl")
+    yield driver
+    audit_run.register(None)
+    atexit.unregister(driver.cb._at_exit)  # a session a test left open writes nothing at pytest's exit
+    driver.cb._restore_signal_handlers()
 
 
-def preflight_stats(**extra):
-    data = {"operator": "alice", "operator_source": "awx", "environment": "prod", "ticket": "INC-1", **extra}
+def facts(**data):
     return {"changed": False, "ansible_stats": {"data": {"rollback_audit": data}, "per_host": False, "aggregate": True}}
 
 
@@ -131,7 +161,21 @@ def test_every_hook_has_ansibles_signature():
     load_plugins()
     cls = type(callback_loader.get("rollback_audit"))
     hooks = [name for name in vars(cls) if name.startswith("v2_")]
-    assert len(hooks) >= 10
+    assert sorted(hooks) == sorted(
+        [
+            "v2_playbook_on_start",
+            "v2_playbook_on_play_start",
+            "v2_playbook_on_no_hosts_matched",
+            "v2_playbook_on_task_start",
+            "v2_playbook_on_handler_task_start",
+            "v2_runner_on_ok",
+            "v2_runner_on_failed",
+            "v2_runner_on_skipped",
+            "v2_runner_on_unreachable",
+            "v2_runner_on_async_failed",
+            "v2_playbook_on_stats",
+        ]
+    )
     for name in hooks:
         ours = inspect.signature(getattr(cls, name))
         base = inspect.signature(getattr(CallbackBase, name))
@@ -140,26 +184,33 @@ def test_every_hook_has_ansibles_signature():
         ], name
 
 
-def test_start_record_and_environment(driver):
+def test_start_and_request_records_come_first_sealed(driver):
     driver.start()
-    (start,) = driver.records()
-    assert start["kind"] == "start" and start["status"] == "running" and start["seq"] == 1
+    start, request = driver.records()
+    assert (start["kind"], start["status"], start["seq"]) == ("start", "running", 1)
     assert start["playbook"] == "rollback.yml" and start["check_mode"] is False
     assert {"user", "host", "pid", "pid_start", "ansible_version"} <= set(start["controller"])
-    assert os.environ["ROLLBACK_AUDIT_STATUS"] == "ok"
+    assert start["sinks"] == ["file"] and start["audit_file"]["path"] == str(driver.path)
+    assert (request["kind"], request["status"], request["run_id"]) == ("request", "accepted", start["run_id"])
+    assert {k: request[k] for k in REQUEST} == REQUEST
+    assert audit_run.active() is driver.cb.session
     assert os.environ["ROLLBACK_AUDIT_RUN_ID"] == start["run_id"]
     assert os.environ["ROLLBACK_AUDIT_FILE"] == str(driver.path)
     assert oct(driver.path.stat().st_mode & 0o777) == "0o600"
+    report = verify_lines(read_lines(str(driver.path)), AuditKey(KEY_CANARY.encode()))
+    assert report.ok and report.sealed == 2
+    assert KEY_CANARY not in driver.path.read_text()
     driver.finish()
 
 
-def test_succeeding_run_end_record(driver):
+def test_succeeding_run_keeps_only_the_published_facts(driver):
     driver.start()
-    driver.run_task("rollback_preflight : Refuse to start without a working audit log")
+    driver.run_task("rollback_preflight : Start the stand-in preflight", seconds=1.5)
     driver.run_task(
         "rollback_preflight : Tell the audit who operates, and why",
-        preflight_stats(reason=f"key {CANARY} leaked in the reason", api_token=CANARY, run_id="forged"),
+        facts(plan={"db-eu": {"sql_sha256": "a" * 64}}, note=f"key {CANARY} leaked", api_token=CANARY, run_id="x"),
         hosts=("db-eu",),
+        seconds=0.25,
     )
     driver.run_task(
         "rollback_preflight : Send a no_log value to the audit (it must be dropped)",
@@ -167,89 +218,58 @@ def test_succeeding_run_end_record(driver):
         hosts=("db-eu",),
     )
     driver.run_task("rollback_preflight : Fail here when asked", {"skipped": True}, hook="skipped")
-    flag = driver.tasks["rollback_flag : Record the flag switch"].copy(exclude_parent=False)
-    flag.action = "feature_flag"
-    driver.cb.v2_playbook_on_task_start(flag, False)
-    driver.result(
-        flag,
-        "db-eu",
-        {
-            "changed": True,
-            "provider": "unleash",
-            "previous_state": "enabled",
-            "state": "disabled",
-            "change_reference": "evt-9",
-            "attempts": 2,
-            "api_key": CANARY,
-            "invocation": {"module_args": {"api_key": CANARY}},
-            "raw_response": {"secret": CANARY},
-        },
+    # A module result with the keys the old callback whitelisted: none of them is kept any more.
+    driver.run_task(
+        "rollback_flag : Record the flag switch",
+        {"changed": True, "provider": "unleash", "previous_state": "enabled", "from_revision": "0002", "dsn": CANARY},
+        hosts=("db-eu",),
+        seconds=2.0,
     )
-    schema = driver.tasks["rollback_schema : Record the revert of this database"].copy(exclude_parent=False)
-    schema.action = "ansible.legacy.schema_migration"
-    driver.cb.v2_playbook_on_task_start(schema, False)
-    for host in ("db-eu", "db-us"):
-        driver.result(
-            schema,
-            host,
-            {
-                "changed": True,
-                "from_revision": "0002_data_transformation",
-                "to_revision": "0001_legacy",
-                "sql_sha256": "ab" * 32,
-                "archive": "rollback_archive.x",
-                "lock_wait_seconds": 0.5,
-                "sql": "DROP TABLE transformation_jobs",
-                "dsn": f"postgresql://u:{CANARY}@h/db",
-            },
-        )
-    driver.run_task("rollback_schema : Schema reverted")
+    driver.run_task("rollback_flag : Record the flag switch", facts(flag={"state": "disabled"}), hosts=("db-eu",))
+    driver.run_task("rollback_schema : Schema reverted", seconds=3.0)
     driver.run_task(
         "rollback_notify : Show the audit status the alert would carry", {"changed": True}, hosts=("db-eu",)
     )
     driver.run_task("Summarise outside any role")
     driver.finish()
 
-    start, end = driver.records()
-    text = driver.path.read_text()
-    assert CANARY not in text
-    assert "DROP TABLE" not in text and "invocation" not in text and "raw_response" not in text
-    assert end["kind"] == "end" and end["run_id"] == start["run_id"]
+    start, request, plan, end = driver.records()
+    assert CANARY not in driver.path.read_text() and KEY_CANARY not in driver.path.read_text()
+    # The plan is written the moment it is published, with the request, before any later step.
+    assert (plan["kind"], plan["run_id"], plan["plan"]) == (
+        "plan",
+        start["run_id"],
+        {"db-eu": {"sql_sha256": "a" * 64}},
+    )
+    assert plan["seq"] == 3 and plan["operator"] == "alice" and "steps" not in plan
+    assert end["kind"] == "end" and end["run_id"] == start["run_id"] == request["run_id"]
     assert end["outcome"] == "succeeded" and end["status"] == "completed"
-    assert end["operator"] == "alice" and end["operator_source"] == "awx" and end["ticket"] == "INC-1"
-    assert end["reason"] == f"key {MARK_SECRET} leaked in the reason"
-    assert end["api_token"] == MARK_SECRET
-    assert "leaked" not in end
+    assert {k: end[k] for k in REQUEST} == REQUEST
+    assert end["plan"] == {"db-eu": {"sql_sha256": "a" * 64}} and end["flag"] == {"state": "disabled"}
+    assert end["note"] == f"key {MARK_SECRET} leaked" and end["api_token"] == MARK_SECRET
+    for absent in ("provider", "previous_state", "from_revision", "databases", "leaked"):
+        assert absent not in end and absent not in end.get("flag", {})
     assert "set_stats key 'run_id' is reserved for the audit record: ignored" in end["audit_warnings"]
-    assert end["flag"] == {
-        "provider": "unleash",
-        "previous_state": "enabled",
-        "state": "disabled",
-        "change_reference": "evt-9",
-        "attempts": 2,
-        "changed": True,
-    }
-    assert end["databases"]["db-us"] == {
-        "changed": True,
-        "from_revision": "0002_data_transformation",
-        "to_revision": "0001_legacy",
-        "sql_sha256": "ab" * 32,
-        "archive": "rollback_archive.x",
-        "lock_wait_seconds": 0.5,
-    }
     steps = {s["name"]: s for s in end["steps"]}
     assert list(steps) == ["preflight", "flag", "schema", "notify", "Stand-in rollback"]
-    assert steps["preflight"]["outcome"] == "ok" and steps["preflight"]["hosts"] == 2
-    assert steps["flag"]["outcome"] == "changed" and steps["flag"]["hosts"] == 1
-    assert steps["schema"]["outcome"] == "changed"
-    assert all(s["duration_seconds"] >= 0 and s["started_at"] <= s["ended_at"] for s in end["steps"])
+    assert {name: s["duration_seconds"] for name, s in steps.items()} == {
+        "preflight": 1.75,
+        "flag": 2.0,
+        "schema": 3.0,
+        "notify": 0.0,
+        "Stand-in rollback": 0.0,
+    }
+    assert (steps["preflight"]["outcome"], steps["preflight"]["hosts"]) == ("ok", 2)
+    assert (steps["flag"]["outcome"], steps["flag"]["hosts"]) == ("changed", 1)
     assert end["recap"]["db-eu"]["failures"] == 0
-    assert verify_file(str(driver.path)).summary() == "ok: 2 records, 1 runs, 0 aborted"
+    assert verify_lines(read_lines(str(driver.path)), AuditKey(KEY_CANARY.encode())).summary() == (
+        "ok: 4 records, 1 runs, 0 aborted"
+    )
 
 
 def test_failed_step_names_the_task_and_censors_no_log(driver):
     driver.start()
-    driver.run_task("rollback_preflight : Refuse to start without a working audit log")
+    driver.run_task("rollback_preflight : Start the stand-in preflight")
     driver.run_task(
         "rollback_flag : Fail without logging the secret",
         {"censored": "the output has been hidden", "changed": False, "failed": True},
@@ -284,8 +304,34 @@ def test_ignored_and_rescued_failures_do_not_fail_the_run(driver):
     driver.finish()
     end = driver.records()[-1]
     assert end["outcome"] == "succeeded"
-    outcomes = {s["name"]: s["outcome"] for s in end["steps"]}
-    assert outcomes == {"flag": "ok", "schema": "rescued"}
+    assert {s["name"]: s["outcome"] for s in end["steps"]} == {"flag": "ok", "schema": "rescued"}
+
+
+def test_a_failure_the_rescue_turns_into_a_failed_run_stays_failed(driver):
+    driver.start()
+    task = driver.task("rollback_schema : Fail inside a block that has a rescue")
+    driver.result(task, "db-eu", {"failed": True, "msg": "lock timeout"}, hook="failed", stats=["rescued"])
+    driver.run_task("rollback_notify : Show the audit status the alert would carry", {"failed": True}, hook="failed")
+    driver.finish()
+    end = driver.records()[-1]
+    assert end["outcome"] == "failed at schema"
+    assert next(s for s in end["steps"] if s["name"] == "schema")["failure"]["message"] == "lock timeout"
+
+
+def test_failed_at_names_the_step_that_failed_first_when_a_role_runs_twice(driver):
+    """notify runs right after the flag step (the start event) and again at the end, where the alert's own
+    `fail` must not be taken for the cause."""
+    driver.start()
+    driver.run_task("rollback_flag : Record the flag switch", seconds=1.0)
+    driver.run_task("rollback_notify : Show the audit status the alert would carry", hosts=("db-eu",), seconds=1.0)
+    failed = {"failed": True, "msg": "lock"}
+    driver.run_task("rollback_schema : Fail here when asked", failed, hook="failed", seconds=1.0)
+    alert_failed = {"failed": True, "msg": "ROLLBACK FAILED"}
+    driver.run_task("rollback_notify : Record the notifications", alert_failed, hook="failed", seconds=1.0)
+    driver.finish()
+    end = driver.records()[-1]
+    assert [s["name"] for s in end["steps"]] == ["flag", "notify", "schema"]
+    assert end["outcome"] == "failed at schema"
 
 
 def test_unreachable_host_fails_its_step(driver):
@@ -304,71 +350,114 @@ def test_unreachable_host_fails_its_step(driver):
 def test_handler_outside_a_role_is_the_notify_step(driver):
     driver.start()
     handler = driver.tasks["rollback_notify : Send the notification"].copy(exclude_parent=False)
-    handler._role = None
+    handler._role = None  # a handler of the play itself
     driver.cb.v2_playbook_on_handler_task_start(handler)
     driver.result(handler, "db-eu", {"changed": False})
     driver.finish()
     assert [s["name"] for s in driver.records()[-1]["steps"]] == ["notify"]
 
 
-def test_loop_results_of_schema_migration_per_database(driver):
+def test_a_play_that_matches_no_host_fails_the_run(driver):
     driver.start()
-    schema = driver.tasks["rollback_schema : Record the revert of this database"].copy(exclude_parent=False)
-    schema.action = "schema_migration"
-    driver.cb.v2_playbook_on_task_start(schema, False)
-    databases = [
-        {"name": "orders", "from_revision": "0002", "to_revision": "0001", "changed": True},
-        {"name": "billing", "from_revision": "0001", "to_revision": "0001", "changed": False},
-    ]
-    driver.result(schema, "db-eu", {"changed": True, "databases": databases})
+    driver.cb.v2_playbook_on_no_hosts_matched()
     driver.finish()
-    assert driver.records()[-1]["databases"] == {
-        "orders": {"from_revision": "0002", "to_revision": "0001", "changed": True},
-        "billing": {"from_revision": "0001", "to_revision": "0001", "changed": False},
-    }
+    end = driver.records()[-1]
+    assert (end["status"], end["outcome"]) == ("failed", "failed at Stand-in rollback: the play matched no host")
 
 
-def test_unwritable_audit_file_sets_the_error_status(driver, tmp_path):
+def test_a_refused_request_ends_refused_with_its_sentence(driver):
+    driver.start(request=None)
+    sentence = "--start-at-task is refused: drop it; nothing was contacted and nothing was changed."
+    assert driver.cb.session.record_request(Verdict(dict(REQUEST), sentence)) == sentence
+    driver.cb._at_exit()  # the lookup's error ends the playbook before its recap
+    _, request, end = driver.records()
+    assert (request["status"], request["refused"]) == ("refused", sentence)
+    assert (end["status"], end["outcome"], end["refused"]) == ("refused", "refused", sentence)
+    assert end["operator"] == "alice" and end["environment"] == "local" and "error" not in end
+
+
+@pytest.mark.parametrize(
+    ("env", "missing", "expected"),
+    [
+        ({"ROLLBACK_AUDIT_PG_DSN": "postgresql://u@127.0.0.1:9/a"}, "ROLLBACK_AUDIT_KEY", "its audit must be sealed"),
+        ({}, "ROLLBACK_AUDIT_PG_DSN", "its audit must also go to PostgreSQL: set ROLLBACK_AUDIT_PG_DSN"),
+    ],
+)
+def test_production_like_needs_the_key_and_postgresql(driver, monkeypatch, env, missing, expected):
+    monkeypatch.delenv(missing, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    driver.cb.set_options(
+        direct={
+            "path": str(driver.path),
+            "only_playbooks": ["rollback.yml"],
+            "pg_dsn": env.get("ROLLBACK_AUDIT_PG_DSN"),
+        }
+    )
+    driver.start(request=None)
+    problem = driver.cb.session.record_request(Verdict({**REQUEST, "environment": "prod", "production_like": True}))
+    assert problem.startswith(f"prod is production-like: {expected}")
+    assert driver.records()[1]["refused"] == problem
+
+
+def test_postgresql_without_the_key_refuses_even_a_rehearsal(driver, monkeypatch):
+    monkeypatch.delenv("ROLLBACK_AUDIT_KEY")
+    dsn = "postgresql://u@127.0.0.1:9/a"
+    driver.cb.set_options(direct={"path": str(driver.path), "only_playbooks": ["rollback.yml"], "pg_dsn": dsn})
+    driver.start(request=None)
+    problem = driver.cb.session.record_request(Verdict(dict(REQUEST)))
+    assert problem.startswith("ROLLBACK_AUDIT_PG_DSN is set but ROLLBACK_AUDIT_KEY is not")
+
+
+def test_a_short_key_refuses_the_run(driver, monkeypatch):
+    monkeypatch.setenv("ROLLBACK_AUDIT_KEY", "short")
+    driver.start(request=None)
+    assert driver.cb.session.record_request(Verdict(dict(REQUEST))).startswith("ROLLBACK_AUDIT_KEY is too short")
+
+
+def test_unwritable_audit_file_refuses_the_request(driver, tmp_path):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file, not a directory")
     driver.cb.set_options(direct={"path": str(blocker / "audit.jsonl"), "only_playbooks": ["rollback.yml"]})
-    driver.start()
-    status = os.environ["ROLLBACK_AUDIT_STATUS"]
-    assert status.startswith("error: cannot create ") and str(blocker) in status
+    driver.start(request=None)
+    problem = driver.cb.session.record_request(Verdict(dict(REQUEST)))
+    assert problem.startswith(f"the audit record cannot be written (cannot create {blocker / 'audit.jsonl'}")
     driver.finish()
-    assert "this run has no end record" in driver.cb._run.warnings[-1]
+    assert "this run has no end record" in driver.cb.session.warnings[-1]
 
 
-def test_file_broken_mid_run_sets_error_and_keeps_going(driver):
+def test_a_start_record_another_process_wrote_is_not_ours(driver, monkeypatch):
+    driver.start(request=None)
+    monkeypatch.setattr(audit_run, "controller_identity", lambda: {"host": "h", "pid": 1, "pid_start": 1})
+    problem = driver.cb.session.record_request(Verdict(dict(REQUEST)))
+    assert "the start record in the audit file was not written by this process" in problem
+
+
+def test_file_broken_mid_run_is_a_warning_and_the_status_the_alert_reads(driver):
     driver.start()
-    driver.run_task("rollback_preflight : Refuse to start without a working audit log")
+    driver.run_task("rollback_preflight : Start the stand-in preflight")
     driver.path.unlink()
     driver.path.mkdir()
     driver.run_task("rollback_flag : Record the flag switch")
-    assert os.environ["ROLLBACK_AUDIT_STATUS"].startswith("error: ")
-    assert "is no longer a regular file" in os.environ["ROLLBACK_AUDIT_STATUS"]
+    assert driver.cb.session.status.startswith("error: ") and "regular file" in driver.cb.session.status
     driver.finish()
-    assert driver.cb._run.finished
+    assert driver.cb.session.finished
 
 
 def test_playbook_outside_only_playbooks_is_not_audited(driver, monkeypatch):
-    monkeypatch.setenv("ROLLBACK_AUDIT_STATUS", "ok")  # a stale value from the caller's shell
     monkeypatch.setenv("ROLLBACK_AUDIT_RUN_ID", "stale")
     driver.cb.set_options(direct={"path": str(driver.path), "only_playbooks": ["deploy.yml"]})
-    driver.start()
-    driver.run_task("rollback_preflight : Refuse to start without a working audit log")
+    driver.start(request=None)
+    driver.run_task("rollback_preflight : Start the stand-in preflight")
     driver.finish()
-    assert not driver.path.exists()
-    assert os.environ["ROLLBACK_AUDIT_STATUS"] == "off: rollback.yml is not audited (only_playbooks)"
-    assert "ROLLBACK_AUDIT_RUN_ID" not in os.environ
-    assert os.environ["ROLLBACK_AUDIT_FILE"] == str(driver.path)
+    assert not driver.path.exists() and driver.cb.session is None and audit_run.active() is None
 
 
 def test_check_mode_is_recorded(driver, monkeypatch):
-    monkeypatch.setattr(context, "CLIARGS", CLIArgs(ImmutableDict(check=True)))
+    monkeypatch.setattr(context, "CLIARGS", CLIArgs(ImmutableDict(check=True, args=("rollback.yml",))))
     driver.start()
     driver.finish()
-    assert [r["check_mode"] for r in driver.records()] == [True, True]
+    assert [r["check_mode"] for r in driver.records()] == [True, True, True]
 
 
 def test_sigterm_writes_the_end_record_then_calls_the_previous_handler(driver):
@@ -376,7 +465,7 @@ def test_sigterm_writes_the_end_record_then_calls_the_previous_handler(driver):
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     try:
         driver.start()
-        driver.run_task("rollback_preflight : Refuse to start without a working audit log")
+        driver.run_task("rollback_preflight : Start the stand-in preflight")
         driver.task("rollback_flag : Wait like a slow flag API")
         os.kill(os.getpid(), signal.SIGTERM)
         assert received == [signal.SIGTERM]
@@ -385,7 +474,7 @@ def test_sigterm_writes_the_end_record_then_calls_the_previous_handler(driver):
         assert end["outcome"] == "aborted by signal SIGTERM" and end["status"] == "aborted"
         assert [s["name"] for s in end["steps"]] == ["preflight", "flag"]
         driver.finish()  # the recap after an abort writes nothing more
-        assert len(driver.records()) == 2
+        assert len(driver.records()) == 3
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -395,12 +484,13 @@ def test_signal_during_an_append_waits_for_it(driver):
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
     try:
         driver.start()
-        run = driver.cb._run
-        run.writing = True  # as if the signal arrived inside append_record
+        session = driver.cb.session
+        session.writing = True  # as if the signal arrived inside an append
         driver.cb._on_signal(signal.SIGTERM, None)
-        assert run.pending_signal == signal.SIGTERM and received == [] and len(driver.records()) == 1
-        run.writing = False
-        driver.cb._write({"kind": "start", **run.head(), "status": "running"})  # the append finishing
+        assert session.pending is not None and received == [] and len(driver.records()) == 2
+        session.writing = False
+        session.facts({"note": "x"})
+        session._write({"kind": "request", **session.head})  # the append finishing
         assert received == [signal.SIGTERM]
         assert driver.records()[-1]["outcome"] == "aborted by signal SIGTERM"
     finally:
@@ -409,7 +499,7 @@ def test_signal_during_an_append_waits_for_it(driver):
 
 def test_exit_without_recap_is_a_failure_with_an_error(driver):
     driver.start()
-    driver.run_task("rollback_preflight : Refuse to start without a working audit log")
+    driver.run_task("rollback_preflight : Start the stand-in preflight")
     driver.cb._at_exit()
     end = driver.records()[-1]
     assert end["outcome"] == "failed at preflight"

@@ -66,6 +66,7 @@ SECRETS = {
     "PGPASSWORD": "canary-pg-77a2d0",
     "ROLLBACK_DB_DSN": "postgresql://migrator:canary-dsn-5b8e41@db.example.com/app",
     "ROLLBACK_AUDIT_PG_DSN": "postgresql://auditor:canary-audit-0d6f13@audit.example.com/audit",
+    "ROLLBACK_AUDIT_KEY": "canary-audit-key-8c1f2e7d5a",
     "ROLLBACK_DISCOVERY_TOKEN": "canary-discovery-8c3d5a",
     "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T000/B000/canary-slack-c0ffee",
     "SMTP_USERNAME": "canary-smtp-user-6a0b",
@@ -301,10 +302,11 @@ def test_credential_types_inject_every_interface_secret_as_env_only():
         "SLACK_WEBHOOK_URL",
         "SMTP_PASSWORD",
         "PAGERDUTY_ROUTING_KEY",
+        "ROLLBACK_AUDIT_KEY",
+        "ROLLBACK_AUDIT_PG_DSN",
     }
-    # ... and those the playbook's parts read from the environment beside them: the audit
-    # callback's PostgreSQL copy and the SMTP login name.
-    assert injected == interface_secrets() | {"ROLLBACK_AUDIT_PG_DSN", "SMTP_USERNAME"}
+    # ... and the SMTP login name the notify role reads from the environment beside them.
+    assert injected == interface_secrets() | {"SMTP_USERNAME"}
     assert "- name: ROLLBACK_AUDIT_PG_DSN" in (ROOT / "plugins" / "callback" / "rollback_audit.py").read_text()
     from ansible.module_utils.notify_options import ENV_FALLBACKS  # noqa: PLC0415 - what the notification plugin reads
 
@@ -329,10 +331,10 @@ def test_credentials_carry_the_configuration_environment_into_the_injected_envir
         for name, template in credential_type["injectors"]["env"].items():
             assert sandbox.from_string(template).render(**credential["inputs"]) == SECRETS[name]
     # An optional input left empty is injected as an empty string (AWX leaves it out of the
-    # namespace): the rollback must read an empty ROLLBACK_DB_DSN / ROLLBACK_AUDIT_PG_DSN as unset.
+    # namespace): the rollback must read an empty ROLLBACK_DB_DSN as unset. The audit's key and DSN are
+    # required inputs of their credential: a production-like rollback refuses to start without them.
     optional = [
         ("Rollback database", "ROLLBACK_DB_DSN", "dsn"),
-        ("Rollback database", "ROLLBACK_AUDIT_PG_DSN", "audit_dsn"),
         ("Rollback e-mail", "SMTP_USERNAME", "smtp_username"),
         ("Rollback e-mail", "SMTP_PASSWORD", "smtp_password"),
     ]
@@ -408,8 +410,8 @@ def test_job_template_hands_the_playbook_the_awx_address_for_its_job_link(aap_ho
     invocations = rendered_invocations(aap_hostname=aap_hostname)
     (template,) = [arguments for _, module, _, arguments in invocations if module == "job_template"]
     assert template["extra_vars"] == {"rollback_awx_url": expected}
-    preflight = "\n".join(path.read_text() for path in (ROOT / "roles" / "rollback_preflight").rglob("*.yml"))
-    assert "rollback_awx_url" in preflight and "awx_job_id" in preflight, "the rollback no longer reads them"
+    guard = (ROOT / "plugins" / "module_utils" / "audit_guard.py").read_text()
+    assert '"rollback_awx_url"' in guard and '"awx_job_id"' in guard, "the rollback no longer reads them"
 
 
 def test_only_the_operations_team_may_launch():

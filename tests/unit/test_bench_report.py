@@ -12,7 +12,7 @@ TASKS RECAP ********************************************************************
 Saturday 28 November 2026  00:59:15 +0000 (0:00:00.093)       0:00:28.401 *****
 ===============================================================================
 rollback_preflight : Validating arguments against arg spec 'main' - Validate the rollback request --- 0.08s
-rollback_preflight : Read the flag's state (changes nothing) ------------ 2.38s
+rollback_flag : Turn the flag off --------------------------------------- 2.38s
 rollback_schema : Revert the schema of every database ------------------- 1.83s
 rollback_flag : Record the flag change in the audit --------------------- 0.10s
 rollback_verify : Judge the flag, the schema, the instances' health and the 5xx ratio --- 2.40s
@@ -38,7 +38,7 @@ def test_parse_profile_keeps_order_and_names_the_modules():
         "app_verify",
     ]
     assert tasks[1] == {
-        "task": "rollback_preflight : Read the flag's state (changes nothing)",
+        "task": "rollback_flag : Turn the flag off",
         "action": "feature_flag",
         "seconds": 2.38,
     }

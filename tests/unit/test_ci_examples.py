@@ -173,8 +173,8 @@ def test_secrets_reach_only_env():
     walk(workflow, [])
     names = {path[-1] for path in found}
     assert names == {
-        "FF_API_KEY", "PGPASSWORD", "SLACK_WEBHOOK_URL", "ROLLBACK_AUDIT_PG_DSN", "SMTP_USERNAME", "SMTP_PASSWORD",
-        "PAGERDUTY_ROUTING_KEY",
+        "FF_API_KEY", "PGPASSWORD", "SLACK_WEBHOOK_URL", "ROLLBACK_AUDIT_KEY", "ROLLBACK_AUDIT_PG_DSN",
+        "SMTP_USERNAME", "SMTP_PASSWORD", "PAGERDUTY_ROUTING_KEY",
     }  # fmt: skip
     gitlab = load(GITLAB)["emergency-rollback"]
     for name in names:  # GitLab puts masked CI/CD variables in the environment; the file names none
@@ -182,9 +182,9 @@ def test_secrets_reach_only_env():
 
 
 def test_operator_identity_and_job_link_are_what_the_ci_system_sets_and_the_playbook_reads():
-    preflight = "\n".join(path.read_text() for path in (ROOT / "roles" / "rollback_preflight").rglob("*.yml"))
-    for name in ("GITHUB_ACTOR", "GITLAB_USER_LOGIN", "GITHUB_RUN_ID", "CI_JOB_URL"):
-        assert name in preflight, f"the rollback no longer reads {name}, which the CI examples rely on"
+    guard = (ROOT / "plugins" / "module_utils" / "audit_guard.py").read_text()
+    for name in ("GITHUB_ACTOR", "GITLAB_USER_LOGIN", "GITHUB_RUN_ID", "CI_JOB_URL", "GITHUB_ACTIONS", "GITLAB_CI"):
+        assert f'"{name}"' in guard, f"the rollback no longer reads {name}, which the CI examples rely on"
     # Actions and GitLab set these themselves; a job that set them could forge the operator.
     assert "GITHUB_ACTOR" not in yaml.safe_dump(load(GITHUB)["jobs"]["rollback"].get("env", {}))
     assert "GITLAB_USER_LOGIN" not in GITLAB.read_text().split("Who started the job")[1].split("\n", 1)[1]

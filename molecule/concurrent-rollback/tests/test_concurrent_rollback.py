@@ -84,11 +84,11 @@ def test_no_request_failed(runs):
 
 
 def test_each_audit_record_and_notification_tells_what_that_run_did(runs, audit_verify):
-    assert audit_verify() == "ok: 4 records, 2 runs, 0 aborted"
+    assert audit_verify() == "ok: 8 records, 2 runs, 0 aborted"
     flag_changes = []
     for run in runs.values():
         end = end_record(run)
-        assert end["operator"] == "drill-operator" and end["flag_before"] in ("enabled", "disabled")
+        assert end["operator"] == "drill-operator" and end["flag"]["previous_state"] in ("enabled", "disabled")
         flag = end["flag"]
         assert (step(end, "flag")["outcome"] == "changed") == flag["changed"]
         if flag["changed"]:

@@ -101,7 +101,7 @@ def test_the_success_notifications_were_sent_once(runs):
 
 def test_one_audit_record_per_run_with_the_right_operator(audit, runs):
     rollbacks = [r for r in audit if r["playbook"] == "rollback.yml"]
-    assert [r["kind"] for r in rollbacks] == ["start", "end", "start", "end"]
+    assert [r["kind"] for r in rollbacks] == ["start", "request", "plan", "end"] * 2
     first = end_record(runs["rollback"])
     assert first["outcome"] == "succeeded" and first["status"] == "completed"
     assert (first["operator"], first["operator_source"]) == ("drill-operator", "extra_var")
@@ -109,7 +109,7 @@ def test_one_audit_record_per_run_with_the_right_operator(audit, runs):
     assert first["reason"].startswith("drill default (rollback)")
     assert [s["name"] for s in first["steps"]] == STEPS
     assert all(s["outcome"] in ("ok", "changed") for s in first["steps"]), first["steps"]
-    assert first["flag_before"] == "enabled" and first["verification"]["flag"] == "disabled"
+    assert first["flag"]["previous_state"] == "enabled" and first["verification"]["flag"] == "disabled"
     assert (first["flag"]["previous_state"], first["flag"]["state"], first["flag"]["changed"]) == (
         "enabled",
         "disabled",
@@ -138,7 +138,7 @@ def test_one_audit_record_per_run_with_the_right_operator(audit, runs):
 
 
 def test_the_audit_chain_is_intact_and_private(audit_verify, host, scenario):
-    assert audit_verify() == "ok: 4 records, 2 runs, 0 aborted"
+    assert audit_verify() == "ok: 8 records, 2 runs, 0 aborted"
     audit_file = host.file(str(scenario.audit_file))
     assert audit_file.mode == 0o600
 

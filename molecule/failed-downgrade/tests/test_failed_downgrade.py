@@ -107,7 +107,7 @@ def test_the_audit_says_failed_at_the_schema_step(runs, audit_verify):
     assert end["operator"] == "drill-operator"
     assert end["notifications"]["pagerduty"] == "delivered" and end.get("warnings") == []
     assert end_record(runs["fixed"])["outcome"] == "succeeded"
-    assert audit_verify() == "ok: 4 records, 2 runs, 0 aborted"
+    assert audit_verify() == "ok: 8 records, 2 runs, 0 aborted"
 
 
 def test_no_secret_leaked(stack, scenario, runs):

@@ -68,7 +68,7 @@ def test_the_audit_says_failed_at_the_flag_step(runs, label):
     assert label.removeprefix("flag-") in flag["failure"]["message"]
     assert [s["name"] for s in end["steps"]] == ["preflight", "flag", "notify"], "nothing ran after the flag step"
     assert "databases" not in end, "no schema step ran"
-    assert end["flag_before"] == "enabled"
+    assert end["flag"]["previous_state"] == "enabled" and end["flag"]["state"] == "unknown"
 
 
 @pytest.mark.parametrize("label", LABELS)
@@ -109,7 +109,7 @@ def test_the_recovered_run_finished_the_rollback(stack, flag_enabled, runs):
 
 
 def test_the_audit_chain_is_intact(audit_verify):
-    assert audit_verify() == "ok: 6 records, 3 runs, 0 aborted"
+    assert audit_verify() == "ok: 10 records, 3 runs, 0 aborted"
 
 
 def test_no_secret_leaked(stack, scenario, runs):

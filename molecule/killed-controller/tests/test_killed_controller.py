@@ -76,16 +76,24 @@ def test_no_request_failed(runs):
 def test_the_audit_shows_the_aborted_run_and_the_completing_run(audit, runs, audit_verify, host, scenario):
     killed = runs["killed"]["audit"]
     assert killed["start"] is not None and killed["end"] is None
+    # Who, why and which ticket are in the audit from the moment the request was checked, kill or not.
+    assert (killed["request"]["operator"], killed["request"]["ticket"]) == ("drill-operator", "DRILL-killed-controller")
+    assert killed["request"]["reason"].startswith("drill killed-controller")
     assert [(r["run_id"], r["kind"]) for r in audit] == [
         (killed["run_id"], "start"),
+        (killed["run_id"], "request"),
+        (killed["run_id"], "plan"),
         (runs["rerun"]["audit"]["run_id"], "start"),
+        (runs["rerun"]["audit"]["run_id"], "request"),
+        (runs["rerun"]["audit"]["run_id"], "plan"),
         (runs["rerun"]["audit"]["run_id"], "end"),
     ]
-    assert audit_verify() == "ok: 3 records, 2 runs, 1 aborted"
+    assert audit_verify() == "ok: 7 records, 2 runs, 1 aborted"
     listing = host.run(
-        "cd %s && ANSIBLE_CONFIG=ansible.cfg ANSIBLE_NOCOLOR=1 %s/ansible-playbook playbooks/audit_verify.yml"
-        " -e audit_file=%s",
+        "cd %s && ROLLBACK_AUDIT_KEY=%s ANSIBLE_CONFIG=ansible.cfg ANSIBLE_NOCOLOR=1"
+        " %s/ansible-playbook playbooks/audit_verify.yml -e audit_file=%s",
         str(context.ROOT),
+        context.audit_key(scenario.audit_file),
         str(context.VENV_BIN),
         str(scenario.audit_file),
     )

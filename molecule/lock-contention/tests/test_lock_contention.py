@@ -121,7 +121,7 @@ def test_the_audit_tells_both_runs(audit_verify, runs):
         "failed at schema",
         "succeeded",
     ]
-    assert audit_verify() == "ok: 4 records, 2 runs, 0 aborted"
+    assert audit_verify() == "ok: 8 records, 2 runs, 0 aborted"
 
 
 def test_no_secret_leaked(stack, scenario, runs):

@@ -162,6 +162,7 @@ def check_secrets_absent(stack, scenario, runs: list[dict]) -> None:
     env = stack.env()
     secrets = [env[key] for key in ("FF_API_KEY", "PGPASSWORD", "SMTP_PASSWORD", "PAGERDUTY_ROUTING_KEY")]
     secrets.append(env["SLACK_WEBHOOK_URL"].rsplit("/", 1)[1])
+    secrets.append(context.audit_key(scenario.audit_file))
     places = {"the audit file": scenario.audit_file.read_text()}
     for run in runs:
         places[run["log"]] = Path(run["log"]).read_text()

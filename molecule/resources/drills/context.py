@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import sys
 import time
@@ -76,6 +77,18 @@ def stack() -> Stack:
     return found
 
 
+def audit_key(audit_file: Path) -> str:
+    """The key that seals this audit file's records (as AWX's audit credential would inject it), kept beside
+    it (0600) so that the verifier can check the seals; created on first use."""
+    path = audit_file.with_name(audit_file.name + ".key")
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
 def playbook_env(the_stack: Stack, audit_file: Path, overrides: dict[str, str] | None = None) -> dict[str, str]:
     """The environment an operator's shell has after `eval "$(python -m rehearsal env)"`, and nothing of molecule's."""
     env = {
@@ -86,6 +99,7 @@ def playbook_env(the_stack: Stack, audit_file: Path, overrides: dict[str, str] |
     env.update(the_stack.env())
     env["ANSIBLE_CONFIG"] = str(ROOT / "ansible.cfg")
     env["ROLLBACK_AUDIT_FILE"] = str(audit_file)
+    env["ROLLBACK_AUDIT_KEY"] = audit_key(audit_file)
     env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     env.update(overrides or {})

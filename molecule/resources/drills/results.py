@@ -70,8 +70,8 @@ def run_figures(run: dict) -> dict:
             "attempts": db.get("attempts"),
             "lock_wait_seconds": db.get("lock_wait_seconds"),
             "duration_seconds": db.get("duration_seconds"),
-            "revision_before": db.get("revision_before") or db.get("from_revision"),
-            "revision_after": db.get("revision_after") or db.get("to_revision"),
+            "revision_before": db.get("revision_before"),
+            "revision_after": db.get("revision_after"),
             "archived_rows": archive.get("rows", 0),
         }
     load = run.get("load") or {}

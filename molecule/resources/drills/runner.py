@@ -148,14 +148,14 @@ def audit_records(path: Path) -> list[dict]:
 
 
 def audit_of(path: Path, pid: int) -> dict:
-    """The start and end records of the run whose controller was process `pid` (end None: no end record)."""
+    """The start, request and end records of the run whose controller was process `pid` (None: no such record)."""
     records = audit_records(path)
     starts = [r for r in records if r.get("kind") == "start" and r.get("controller", {}).get("pid") == pid]
     if not starts:
-        return {"run_id": None, "start": None, "end": None}
+        return {"run_id": None, "start": None, "request": None, "end": None}
     start = starts[-1]
-    ends = [r for r in records if r.get("kind") == "end" and r.get("run_id") == start["run_id"]]
-    return {"run_id": start["run_id"], "start": start, "end": ends[-1] if ends else None}
+    found = {r["kind"]: r for r in records if r.get("run_id") == start["run_id"]}
+    return {"run_id": start["run_id"], "start": start, "request": found.get("request"), "end": found.get("end")}
 
 
 def step_window(end_record: dict | None, name: str) -> tuple[float, float] | None:

@@ -106,7 +106,7 @@ def test_the_stale_run_paged_and_the_fixed_run_resolved_it(runs):
 
 
 def test_the_audit_chain_is_intact(audit_verify):
-    assert audit_verify() == "ok: 4 records, 2 runs, 0 aborted"
+    assert audit_verify() == "ok: 8 records, 2 runs, 0 aborted"
 
 
 def test_no_secret_leaked(stack, scenario, runs):
