@@ -182,6 +182,29 @@ def applicable(entries: list[dict], reached: set[str]) -> tuple[list[dict], list
     return ready, waiting
 
 
+def after_upgrade(cursor, script, pending: list[dict], before: dict, targets) -> tuple[list, list, set]:
+    """(entries to restore now, entries waiting, the columns this transaction created), after the upgrade.
+
+    An entry is restored when the database is back at (or beyond) its from_revision, or when this
+    transaction (re)created its table or column, at whatever revision: a later upgrade would find the
+    column holding the upgrade's defaults, or values written since, and could no longer tell them apart.
+    A column this transaction created holds the upgrade's defaults: the archived values replace them."""
+    reached: set[str] = set()
+    for target in targets:
+        reached |= ancestors(script, target)
+    ready, waiting, fresh = [], [], set()
+    for entry in pending:
+        level = 1 if entry.get("source_column") else 0
+        created = target_exists(cursor, entry)[level] and not before[entry["id"]][level]
+        if entry.get("from_revision") in reached or created:
+            ready.append(entry)
+            if created and level:
+                fresh.add((entry["source_schema"], entry["source_table"], entry["source_column"]))
+        else:
+            waiting.append(entry)
+    return ready, waiting, fresh
+
+
 def restore_summary(reports: list[dict], waiting: list[dict], accepted: set[str]) -> dict:
     runs = sorted({r["run_id"] for r in reports})
     return {
@@ -371,17 +394,7 @@ def _attempt(job: dict, script, conn, *, destination: str, targets: tuple[str, .
         with raw.cursor() as cur:
             set_local_timeouts(cur, float(job["lock_timeout"]), float(job["statement_timeout"]))
             pending = read_manifest(cur, pending_only=True, for_update=True) if job["restore"] else []
-            reached: set[str] = set()
-            for target in targets:
-                reached |= ancestors(script, target)
-            ready, waiting = applicable(pending, reached)
-            # A column that does not exist now and does after the upgrade was (re)created by it: its values
-            # are the upgrade's defaults, which the archived values replace.
-            fresh = {
-                (e["source_schema"], e["source_table"], e["source_column"])
-                for e in ready
-                if e.get("source_column") and not target_exists(cur, e)[1]
-            }
+            before = {e["id"]: target_exists(cur, e) for e in pending}
         if steps:
             _run_upgrade(script, conn, destination)
         with raw.cursor() as cur:
@@ -390,6 +403,7 @@ def _attempt(job: dict, script, conn, *, destination: str, targets: tuple[str, .
                 raise MigrationFailed(
                     f"the upgrade ended at {_revision_value(reached_now) or BASE}, not {_revision_value(targets)}"
                 )
+            ready, waiting, fresh = after_upgrade(cur, script, pending, before, targets)
             summary = restore_in_transaction(cur, ready, fresh=fresh, job=job, apply=True)
             summary["waiting"] = restore_summary([], waiting, set())["waiting"]
         trans.commit()

@@ -117,7 +117,9 @@ would_purge:
   type: list
   elements: dict
 purged:
-  description: With I(purge) applied, each archive table dropped (C(run_id), C(source), C(archive_table), C(rows), C(restored)).
+  description:
+    - With I(purge) applied, each archive table dropped (C(run_id), C(source), C(archive_table), C(rows),
+      C(restored)).
   returned: with purge, not in check mode
   type: list
   elements: dict
