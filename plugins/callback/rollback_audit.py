@@ -121,7 +121,7 @@ options:
       - Basenames (shell patterns) of the playbooks to audit; other playbooks are not recorded.
     type: list
     elements: str
-    default: [rollback.yml, deploy.yml]
+    default: [rollback.yml, deploy.yml, archive_purge.yml]
     env:
       - name: ROLLBACK_AUDIT_PLAYBOOKS
     ini:
@@ -308,7 +308,7 @@ class CallbackModule(CallbackBase):
         self._path_option = ".run/audit/rollback-audit.jsonl"
         self._file_group = None
         self._pg_dsn = None
-        self._only_playbooks = ["rollback.yml", "deploy.yml"]
+        self._only_playbooks = ["rollback.yml", "deploy.yml", "archive_purge.yml"]
         self._run: AuditRun | None = None
         super().__init__(display=display, options=options)
 

@@ -291,7 +291,8 @@ def run_rollback_archive(params: dict, check_mode: bool = False, diff: bool = Fa
     if single:
         only = outcome.pop("databases")[0]
         only.pop("name", None)
-        outcome = {**only, **{k: v for k, v in outcome.items() if k not in only}}
+        # The overall changed/failed/msg win over the database's, except a listing's own sentence.
+        outcome = {**only, **outcome} if params["purge"] or outcome.get("failed") else {**outcome, **only}
         if databases[0]["dsn"]:
             outcome[NO_LOG_VALUES_KEY] = [databases[0]["dsn"]]
     return outcome

@@ -200,7 +200,8 @@ def mark_restored(cursor, entry: dict, *, run_id: str, restored_by: str, report:
     """Mark one entry restored (with what happened); RestoreError if another run marked it meanwhile."""
     cursor.execute(
         pgsql.SQL(
-            """UPDATE {} SET restored_at = now(), restored_by = %s, restore_run_id = %s, restored_rows = %s,
+            """UPDATE {} SET restored_at = now(), restored_by = coalesce(%s, current_user), restore_run_id = %s,
+                              restored_rows = %s,
                               restore_conflict_rows = %s, restore_outcome = %s
                WHERE id = %s AND restored_at IS NULL"""
         ).format(_manifest()),

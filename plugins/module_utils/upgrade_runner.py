@@ -290,7 +290,7 @@ def upgrade_database(job: dict) -> dict:
     try:
         dsn = resolve_dsn(dsn)
         full = {**upgrade_job_defaults(), **{k: v for k, v in job.items() if v is not None}, "dsn": dsn}
-        _upgrade(validate_job(full), result)
+        _upgrade({**upgrade_job_defaults(), **validate_job(full)}, result)
     except RestoreConflicts as exc:
         result.update(failed=True, msg=redact(str(exc), dsn), restore=exc.report)
     except SchemaError as exc:

@@ -30,6 +30,7 @@ attributes:
     description: With I(purge), returns C(would_purge) per database (and the refusals) and purges nothing.
   diff_mode:
     support: none
+    description: No diff; the result lists what changed.
 extends_documentation_fragment:
   - rollback_database
 options:

@@ -49,6 +49,7 @@ attributes:
       every row whose key exists.
   diff_mode:
     support: none
+    description: No diff; the result lists what changed.
 extends_documentation_fragment:
   - rollback_database
 options:
