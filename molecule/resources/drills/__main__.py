@@ -5,6 +5,9 @@
              [--flag-fault 500|503|401] [--blocker hold|release-when-queued|release-after=S]
              [--kill] [--parallel N] [-e VAR=VALUE ...]
     report   SCENARIO                               what the drill did, readable (steps, load, notifications, audit)
+    snapshot SCENARIO --label NAME                  checksums of the feature's rows now (the way-forward drill)
+    deploy   SCENARIO --label NAME [--expect ...] [--load-rate R] [-e VAR=VALUE ...]
+                                                    run deploy.yml under load; what it restored, by checksum
 
 `rollback` streams the playbook's output, then prints one JSON line last: {"drill": "rollback", "runs": [...],
 "changed": N} (N: the changed count of the rollback's own PLAY RECAP, what molecule's idempotence checks).
@@ -18,7 +21,7 @@ import argparse
 import json
 import sys
 
-from drills import drill, report
+from drills import drill, forward, report
 from drills.context import DrillError
 
 
@@ -46,6 +49,17 @@ def _parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("report", help="what the scenario's drill did, readable")
     show.add_argument("scenario")
+
+    snap = commands.add_parser("snapshot", help="checksums of transformation_jobs and documents.transform_version")
+    snap.add_argument("scenario")
+    snap.add_argument("--label", required=True)
+
+    again = commands.add_parser("deploy", help="run deploy.yml under load and check what it restored")
+    again.add_argument("scenario")
+    again.add_argument("--label", required=True)
+    again.add_argument("--expect", choices=drill.EXPECTATIONS, default="success")
+    again.add_argument("--load-rate", type=float, default=30.0, help="requests/s during the run (0: no load)")
+    again.add_argument("-e", dest="extra_vars", action="append", default=[], help="extra var for deploy.yml")
     return parser
 
 
@@ -75,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
                 for r in records
             ]
             print(json.dumps({"drill": "rollback", "runs": runs, "changed": sum(r["changed"] for r in runs)}))
+        elif args.command == "snapshot":
+            forward.snapshot(args.scenario, args.label)
+        elif args.command == "deploy":
+            request = drill.Request(expect=args.expect, load_rate=args.load_rate, extra_vars=args.extra_vars)
+            record = forward.deploy(args.scenario, args.label, request)
+            run = {"label": record["label"], "rc": record["rc"], "changed": record["changed"]}
+            print(json.dumps({"drill": "deploy", "runs": [run], "changed": record["changed"]}))
         else:
             print(report.render(args.scenario))
     except DrillError as exc:
