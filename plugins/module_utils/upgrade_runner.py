@@ -25,6 +25,14 @@ the manifest records the acceptance.
 
 Check mode runs no upgrade and writes nothing: the steps, and what would be restored (a prediction
 where the upgrade would create the table or column; see schema_restore).
+
+Why a plugin of its own (schema_upgrade) and not an `upgrade` mode of schema_migration: the revert
+refuses any target above the current revision ("a rollback never upgrades"), and preflight approves
+its plan by the SQL's sha256; one option turning the rollback's module into an upgrader would make
+that refusal a default instead of a property. The deployment also has inputs the rollback must never
+take (accept_conflicts, restore). Both share the guards' code: alembic_runner (script directory,
+targets, revisions, backoff, the watchdog's budget) and pg_session (connections, the advisory lock,
+SET LOCAL timeouts, blocking sessions, redaction).
 """
 
 from __future__ import annotations
