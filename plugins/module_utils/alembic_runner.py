@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The schema revert: alembic downgrades through alembic's Python API, one transaction per database.
 
 `revert_database(job)` plans (check mode) or applies the downgrade of ONE database and returns a

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The audit log of the rollback: an append-only JSONL file whose records form a sha256 chain.
 
 One line is one record, a JSON object in canonical form (sorted keys, no spaces, UTF-8) with:

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """What the audit callback may keep of a value: plain JSON, no secret, no no_log value.
 
 Defence in depth for the audit record (the playbook already keeps secrets out of what it sends):

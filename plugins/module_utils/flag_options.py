@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The argument specs of the flag plugins (feature_flag, flag_propagation) and their HTTP options.
 
 Imports nothing optional (no requests): a controller without `requests` still validates a task
@@ -51,7 +54,7 @@ def flag_propagation_spec() -> dict:
     spec.update(
         status_urls={"type": "list", "elements": "str", "default": []},
         expected_path={"type": "str", "default": "legacy"},
-        path_key={"type": "str", "default": "path"},
+        path_key={"type": "str", "default": "path", "no_log": False},  # a JSON key name, not a secret
         timeout={"type": "float", "default": 60.0},
         interval={"type": "float", "default": 1.0},
         cache_ttl={"type": "float", "default": 0.0},

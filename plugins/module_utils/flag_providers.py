@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Flag systems behind one small interface: `read()` the flag's state, `write()` a new one.
 
 One class per system, each speaking that system's published API exactly:

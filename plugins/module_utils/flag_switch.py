@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The kill switch itself: read, compare, write only if needed, read back. Provider-independent.
 
 `switch_flag(provider, "disabled", check_mode=False, comment=...)` returns the result dict; it

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """HTTP for the runbook's modules: TLS verified by default, a User-Agent naming the runbook, bounded retries.
 
 Plain Python (no Ansible import beyond what a module passes in), unit-tested in tests/unit/test_flag_http.py.

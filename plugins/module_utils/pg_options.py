@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The argument spec shared by the modules that work on the application databases.
 
 Kept apart from pg_session (which needs psycopg2) so that a module can still build its spec, and

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """PostgreSQL sessions of the runbook: DSNs and their secrets, connections, locks, blocking sessions.
 
 Plain Python over psycopg2 (and SQLAlchemy for alembic's sake), no Ansible. Secrets: a DSN may

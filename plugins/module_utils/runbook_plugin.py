@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The contract of every runbook plugin: one argument spec, one run function, two ways to call them.
 
 A runbook plugin (feature_flag, flag_propagation, schema_migration, schema_state, audit_verify, ...)

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """What a downgrade drops, and preserving those rows first: the archive (step 4 of the flow).
 
 Finding the drops: the SQL a downgrade runs is split into statements and read by a small

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Typed errors of the schema revert. The modules turn them into one-sentence failures.
 
 Every message is built to be shown as is: one line, naming what failed and what to do, never a

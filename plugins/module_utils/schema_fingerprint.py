@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The schema fingerprint: a stable sha256 of the database's schema, read from the catalogs.
 
 What it covers, in every schema except PostgreSQL's own and the runbook's (`runbook`,

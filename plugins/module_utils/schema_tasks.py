@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The logic of the schema plugins (schema_migration, schema_state) over one database or many.
 
 `run_schema_migration(params, check_mode, diff)` and `run_schema_state(params, check_mode, diff)`

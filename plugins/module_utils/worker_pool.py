@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Run one function over many jobs in worker processes, fork-safely, with a watchdog per job.
 
 Why not `multiprocessing`'s fork pool: the runbook's logic runs inside Ansible's worker process (an

@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Ansible module: verify the hash chain of the rollback audit log."""
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ description:
   - Reads only; never changes the file.
 version_added: "0.1.0"
 author:
-  - Emergency rollback runbook (SEQ-OF-004)
+  - Emergency rollback runbook maintainers (!UNKNOWN)
 attributes:
   check_mode:
     support: full
     description: Reads only, in check mode as otherwise.
   diff_mode:
     support: none
+    description: Reads only, so there is no change to show.
 options:
   path:
     description:

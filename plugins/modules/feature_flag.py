@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Ansible module: the flag kill switch (Unleash, LaunchDarkly or an in-house REST service)."""
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ description:
   - Every request carries a C(User-Agent) naming the runbook. The API key never appears in output.
 version_added: "0.1.0"
 author:
-  - Emergency rollback runbook (SEQ-OF-004)
+  - Emergency rollback runbook maintainers (!UNKNOWN)
 attributes:
   check_mode:
     support: full
@@ -55,8 +58,8 @@ options:
       - Admin API key. Unleash, an admin token or personal access token; LaunchDarkly, an access token
         (bare, without C(Bearer)); http, the service's key.
       - Falls back to the environment variable C(FF_API_KEY). The module fails if neither is set.
+      - Never shown in the output (the argument spec marks it C(no_log)).
     type: str
-    no_log: true
   flag:
     description: The flag's name (Unleash) or key (LaunchDarkly).
     type: str

@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Ansible module: the propagation barrier between "flag off" and "schema revert"."""
 
 from __future__ import annotations
@@ -19,13 +22,14 @@ description:
   - Never changes anything, so C(changed) is always false.
 version_added: "0.1.0"
 author:
-  - Emergency rollback runbook (SEQ-OF-004)
+  - Emergency rollback runbook maintainers (!UNKNOWN)
 attributes:
   check_mode:
     support: full
     description: Polls each instance once and reports what it says; does not wait and does not fail on a straggler.
   diff_mode:
     support: none
+    description: Reads only (polls the instances), so there is no change to show.
 extends_documentation_fragment:
   - rollback_http
 options:

@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Ansible module: revert the DataTransformationFeature schema with alembic, one transaction per database."""
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ description:
     in the interpreter that runs it."
 version_added: "0.1.0"
 author:
-  - Emergency rollback runbook (SEQ-OF-004)
+  - Emergency rollback runbook maintainers (!UNKNOWN)
 attributes:
   check_mode:
     support: full
@@ -50,6 +53,7 @@ attributes:
       the counts, bounded by I(lock_timeout) and I(statement_timeout).
   diff_mode:
     support: none
+    description: No diff; check mode returns the plan instead (the SQL, its sha256, the rows each drop would take).
 extends_documentation_fragment:
   - rollback_database
 options:
@@ -102,6 +106,13 @@ options:
         at least I(lock_timeout).
     type: float
     default: 60
+  expected_sql_sha256:
+    description:
+      - The sha256 of the plan's SQL as approved (from check mode). If the plan differs, the module
+        refuses and changes nothing.
+      - With O(databases), a string applies to every database; a dict maps names to hashes, and a
+        database missing from it is refused.
+    type: raw
   archive:
     description: Copy the rows of dropped tables and columns into C(rollback_archive) first.
     type: bool

@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Ansible module: read a database's revision, schema fingerprint and rollback point (and record one)."""
 
 from __future__ import annotations
@@ -23,13 +26,14 @@ description:
     schema revert, at most I(advisory_lock_wait) seconds)."
 version_added: "0.1.0"
 author:
-  - Emergency rollback runbook (SEQ-OF-004)
+  - Emergency rollback runbook maintainers (!UNKNOWN)
 attributes:
   check_mode:
     support: full
     description: Reads everything; with I(record_rollback_point) returns C(would_record) and writes nothing.
   diff_mode:
     support: none
+    description: No diff; what it reads or records is in its result.
 extends_documentation_fragment:
   - rollback_database
 options:

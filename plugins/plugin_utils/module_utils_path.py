@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Make the runbook's module_utils importable as `ansible.module_utils.<name>` in a controller process.
 
 Modules import their helpers as `ansible.module_utils.<name>`, the name under which AnsiballZ ships

@@ -2,14 +2,16 @@
 
     .venv/bin/python -m tests.tooling.validate_modules          # prints the problems; exit 1 if any
     .venv/bin/python -m tests.tooling.validate_modules --keep   # and keeps the collection copy
+    .venv/bin/python -m tests.tooling.validate_modules --plugins /tmp/branch/plugins   # another tree
 
 ansible-test checks collections: it must run inside `ansible_collections/<namespace>/<name>`. The
 repository keeps its top-level layout (ansible.cfg points at plugins/), so this copies plugins/ into
 a temporary collection tree and runs the sanity test there. What the copy changes: the imports of
 our own module_utils, `ansible.module_utils.<ours>` (how ansible.cfg's module_utils path serves them),
 become the collection's `ansible_collections.<namespace>.<name>.plugins.module_utils.<ours>`; and
-the documentation's references to our own modules, `M(<ours>)` and `seealso: - module: <ours>`
-(short names, as ansible.cfg's library path serves them), become the collection's FQCNs, which is
+the documentation's references to our own modules and doc fragments, `M(<ours>)`,
+`seealso: - module: <ours>` and `extends_documentation_fragment: - <ours>` (short names, as
+ansible.cfg's library and doc_fragment paths serve them), become the collection's FQCNs, which is
 what validate-modules requires of a collection. Nothing else changes.
 
 Known problems: KNOWN_PROBLEMS below, written into the copy as ansible-test's own ignore file
@@ -56,26 +58,14 @@ license:
 
 # (path, validate-modules error code) ansible-test is told to ignore, until fixed.
 KNOWN_PROBLEMS: tuple[tuple[str, str], ...] = (
-    # No licence header yet (GPL-3.0-or-later, LICENSE): added after the plugins' restructuring.
-    *((f"plugins/modules/{name}.py", "missing-gplv3-license") for name in (
-        "audit_verify", "feature_flag", "flag_propagation", "schema_migration", "schema_state", "schema_upgrade",
-        "rollback_archive")),
-    ("plugins/callback/rollback_audit.py", "missing-gplv3-license"),
-    # The callback imports before its DOCUMENTATION.
+    # The callback imports before its DOCUMENTATION; it is being split into audit_* modules (issue
+    # 16, "The audit callback"): fixed there.
     ("plugins/callback/rollback_audit.py", "import-before-documentation"),
-    # author not in "Name (@github)" form; attributes.diff_mode without description; an option's no_log.
-    *((f"plugins/modules/{name}.py", "invalid-documentation") for name in (
-        "audit_verify", "feature_flag", "flag_propagation", "schema_migration", "schema_state", "schema_upgrade",
-        "rollback_archive")),
-    # feature_flag and flag_propagation build an empty argument spec when requests is missing (it is,
-    # in ansible-test's environment): every documented option looks unaccepted.
-    ("plugins/modules/feature_flag.py", "nonexistent-parameter-documented"),
-    ("plugins/modules/flag_propagation.py", "nonexistent-parameter-documented"),
-)  # fmt: skip
+)
 
 
-def our_module_utils() -> list[str]:
-    return sorted(path.stem for path in (PLUGINS / "module_utils").glob("*.py") if path.stem != "__init__")
+def our_module_utils(plugins: Path = PLUGINS) -> list[str]:
+    return sorted(path.stem for path in (plugins / "module_utils").glob("*.py") if path.stem != "__init__")
 
 
 def rewrite_imports(text: str, names: list[str]) -> str:
@@ -85,13 +75,23 @@ def rewrite_imports(text: str, names: list[str]) -> str:
     return pattern.sub(lambda match: f"{target}.{match.group(1)}", text)
 
 
-def qualify_references(text: str, modules: list[str]) -> str:
-    """`M(<ours>)` and `module: <ours>` (seealso) -> the collection's FQCN; other modules' stay."""
-    names = "|".join(map(re.escape, modules))
+def qualify_references(text: str, modules: list[str], fragments: list[str] = ()) -> str:
+    """Our modules and doc fragments, named short, -> the collection's FQCNs; everything else stays.
+
+    `M(<module>)` in text, `- module: <module>` (seealso) and `- <fragment>` (the list of
+    extends_documentation_fragment) are the references the documentation makes to our own plugins.
+    """
     fqcn = f"{NAMESPACE}.{NAME}"
-    text = re.sub(r"\bM\((" + names + r")\)", lambda match: f"M({fqcn}.{match.group(1)})", text)
-    return re.sub(r"^(\s*-?\s*module:\s*)(" + names + r")\s*$", lambda m: f"{m.group(1)}{fqcn}.{m.group(2)}", text,
-                  flags=re.MULTILINE)  # fmt: skip
+    if modules:
+        names = "|".join(map(re.escape, modules))
+        text = re.sub(r"\bM\((" + names + r")\)", lambda match: f"M({fqcn}.{match.group(1)})", text)
+        text = re.sub(r"^(\s*-\s*module:\s*)(" + names + r")\s*$", lambda m: f"{m.group(1)}{fqcn}.{m.group(2)}",
+                      text, flags=re.MULTILINE)  # fmt: skip
+    if fragments:
+        names = "|".join(map(re.escape, fragments))
+        text = re.sub(r"^(\s*-\s*)(" + names + r")\s*$", lambda m: f"{m.group(1)}{fqcn}.{m.group(2)}", text,
+                      flags=re.MULTILINE)  # fmt: skip
+    return text
 
 
 def ignore_file() -> str:
@@ -101,17 +101,18 @@ def ignore_file() -> str:
     return f"tests/sanity/ignore-{major_minor}.txt"
 
 
-def collection_copy(parent: Path) -> Path:
+def collection_copy(parent: Path, plugins: Path = PLUGINS) -> Path:
     """A collection made of plugins/, under parent/ansible_collections/<namespace>/<name>; returns its root."""
     root = parent / "ansible_collections" / NAMESPACE / NAME
-    names = our_module_utils()
-    modules = sorted(path.stem for path in (PLUGINS / "modules").glob("*.py"))
-    for source in sorted(PLUGINS.rglob("*.py")):
+    names = our_module_utils(plugins)
+    modules = sorted(path.stem for path in (plugins / "modules").glob("*.py"))
+    fragments = sorted(path.stem for path in (plugins / "doc_fragments").glob("*.py"))
+    for source in sorted(plugins.rglob("*.py")):
         if "__pycache__" in source.parts:
             continue
-        destination = root / "plugins" / source.relative_to(PLUGINS)
+        destination = root / "plugins" / source.relative_to(plugins)
         destination.parent.mkdir(parents=True, exist_ok=True)
-        text = qualify_references(rewrite_imports(source.read_text(), names), modules)
+        text = qualify_references(rewrite_imports(source.read_text(), names), modules, fragments)
         destination.write_text(text)  # symlinks become files
     ignores = root / ignore_file()
     ignores.parent.mkdir(parents=True)
@@ -171,10 +172,11 @@ def problems(output: str) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--keep", action="store_true", help="keep the collection copy and print where it is")
+    parser.add_argument("--plugins", type=Path, default=PLUGINS, help="another plugins/ folder (e.g. a branch's)")
     args = parser.parse_args(argv)
     parent = Path(tempfile.mkdtemp(prefix="validate-modules-"))
     try:
-        proc = validate_modules(collection_copy(parent))
+        proc = validate_modules(collection_copy(parent, args.plugins.resolve()))
         found = problems(proc.stdout + proc.stderr)
         sys.stdout.write(proc.stdout + proc.stderr)
         print(f"validate-modules: {len(found)} problem(s), ansible-test exit {proc.returncode}")
