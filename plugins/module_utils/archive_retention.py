@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The rollback archives of each database, and their retention: list them (status.yml), purge the old ones.
 
 An archive is what one rollback run copied before its downgrade removed rows: the tables

@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The way forward: the rows a rollback archived come back when the upgrade recreates their tables and columns.
 
 A rollback's schema revert copies the rows of what its downgrade removes into

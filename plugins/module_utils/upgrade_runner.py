@@ -1,3 +1,6 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """The forward cutover's upgrade under the runbook's guards, the archived rows restored in its transaction.
 
 `upgrade_database(job)` plans (check mode) or applies the upgrade of ONE database and returns a plain

@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Ansible module: list the rollback archives of each database, and purge them after their retention."""
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ description:
     C(statement_timeout); the selection is checked again under the lock."
 version_added: "0.2.0"
 author:
-  - Emergency rollback runbook (SEQ-OF-004)
+  - Emergency rollback runbook maintainers (!UNKNOWN)
 attributes:
   check_mode:
     support: full

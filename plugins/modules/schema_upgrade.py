@@ -1,4 +1,7 @@
 #!/usr/bin/python
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
 """Ansible module: upgrade an application database with alembic and restore the archived rows, in one transaction."""
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ description:
     then fails if any failed, naming which."
 version_added: "0.2.0"
 author:
-  - Emergency rollback runbook (SEQ-OF-004)
+  - Emergency rollback runbook maintainers (!UNKNOWN)
 attributes:
   check_mode:
     support: full
