@@ -121,6 +121,8 @@ notes:
     the transaction is as long as the upgrade plus the copy of the archived rows."
   - "Where archives stay C(waiting): their C(from_revision) is not below the target (e.g. a partial
     upgrade); a later upgrade restores them."
+  - "The restore stages the archived rows in temporary tables (dropped at COMMIT): the migration role
+    needs the C(TEMPORARY) privilege on the database (PUBLIC has it by default)."
 seealso:
   - module: schema_migration
   - module: rollback_archive
