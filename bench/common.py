@@ -223,6 +223,12 @@ def last_end_record(audit_file: Path) -> dict:
     return ends[-1]
 
 
+def shown(path: Path) -> str:
+    """A path as the committed report may show it: relative to the repository, never this machine's."""
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else path.name
+
+
 def run_playbook(
     playbook: str,
     env: dict[str, str],
@@ -241,10 +247,10 @@ def run_playbook(
     argv += list(extra_args)
     timed = run_timed(argv, {**env, "ROLLBACK_AUDIT_FILE": str(audit_file)}, log, timeout=timeout)
     if timed.hung:
-        raise PlaybookHung(f"{playbook} did not end within {timeout:g} s and was killed; see {log}")
+        raise PlaybookHung(f"{playbook} did not end within {timeout:g} s and was killed; see {shown(log)}")
     if timed.rc != 0:
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-        raise RuntimeError(f"{playbook} failed (rc {timed.rc}); see {log}:\n{tail}")
+        raise RuntimeError(f"{playbook} failed (rc {timed.rc}); see {shown(log)}:\n{tail}")
     return PlaybookResult(timed, last_end_record(audit_file))
 
 

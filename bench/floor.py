@@ -69,10 +69,13 @@ class FloorError(RuntimeError):
 
 
 def database_dsn(env: Mapping[str, str], name: str) -> str:
-    """The DSN group_vars/all.yml builds: postgresql://user@host:port/name, no password (PGPASSWORD)."""
+    """The DSN group_vars/all.yml builds: postgresql://user@host:port/name?sslmode=..., no password (PGPASSWORD)."""
     user = env.get("ROLLBACK_DB_USER", "migrator")
     host, port = env["ROLLBACK_DB_HOST"], env["ROLLBACK_DB_PORT"]
-    return f"postgresql://{quote(user, safe='')}@{host}:{port}/{quote(name, safe='')}"
+    tls = f"?sslmode={quote(env.get('ROLLBACK_DB_SSLMODE', 'verify-full'), safe='')}"
+    if env.get("ROLLBACK_DB_SSLROOTCERT"):
+        tls += f"&sslrootcert={quote(env['ROLLBACK_DB_SSLROOTCERT'], safe='')}"
+    return f"postgresql://{quote(user, safe='')}@{host}:{port}/{quote(name, safe='')}{tls}"
 
 
 def role_defaults() -> dict:

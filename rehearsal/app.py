@@ -208,18 +208,54 @@ def _document_route(app: Flask, instance: str, flags, db: Database, flag_name: s
         return jsonify(instance=instance, path=path, **found)
 
 
-def create_app(instance: str, flags, db: Database, flag_name: str = FLAG) -> Flask:
+class AspNetCoreMetrics:
+    """The names ASP.NET Core 8 exports through OpenTelemetry's Prometheus exporter: the histogram
+    http.server.request.duration (s) of meter Microsoft.AspNetCore.Hosting, with the attributes
+    http.route, http.request.method, http.response.status_code, url.scheme, network.protocol.version
+    (learn.microsoft.com/dotnet/core/diagnostics/built-in-metrics-aspnetcore), dots as underscores
+    and the unit as suffix: http_server_request_duration_seconds_{bucket,count,sum}."""
+
+    BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1, 2.5, 5, 7.5, 10)  # OTel's defaults
+
+    def __init__(self, registry: CollectorRegistry):
+        self.duration = Histogram(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests.",
+            [
+                "http_route",
+                "http_request_method",
+                "http_response_status_code",
+                "url_scheme",
+                "network_protocol_version",
+            ],
+            registry=registry,
+            buckets=self.BUCKETS,
+        )
+        for status in ("200", "503"):
+            self.duration.labels("/transform", "POST", status, "http", "1.1")
+
+    def observe(self, route: str, method: str, status: int, seconds: float) -> None:
+        self.duration.labels(route, method, str(status), "http", "1.1").observe(seconds)
+
+
+def create_app(  # noqa: PLR0915 - one app, its routes read top-down
+    instance: str, flags, db: Database, flag_name: str = FLAG, metrics_style: str = "rehearsal"
+) -> Flask:
     disable_created_metrics()  # no *_created series: half the exposition, nothing we query
     app = Flask(f"transformation-engine-{instance}")
     registry = CollectorRegistry()
+    aspnetcore = AspNetCoreMetrics(registry) if metrics_style == "aspnetcore" else None
     requests_total = Counter(
-        "http_requests", "Finished HTTP requests.", ["path", "method", "status"], registry=registry
+        "http_requests",
+        "Finished HTTP requests.",
+        ["path", "method", "status"],
+        registry=None if aspnetcore else registry,
     )
     duration = Histogram(
         "http_request_duration_seconds",
         "HTTP request duration.",
         ["path"],
-        registry=registry,
+        registry=None if aspnetcore else registry,
         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     )
     flag_gauge = Gauge("transformation_flag_enabled", "1 when this instance takes the new path.", registry=registry)
@@ -241,8 +277,12 @@ def create_app(instance: str, flags, db: Database, flag_name: str = FLAG) -> Fla
     def _count(response: Response):
         rule = request.url_rule.rule if request.url_rule else "unmatched"
         if rule != "/metrics":
-            requests_total.labels(rule, request.method, str(response.status_code)).inc()
-            duration.labels(rule).observe(time.perf_counter() - g.get("started", time.perf_counter()))
+            seconds = time.perf_counter() - g.get("started", time.perf_counter())
+            if aspnetcore:
+                aspnetcore.observe(rule, request.method, response.status_code, seconds)
+            else:
+                requests_total.labels(rule, request.method, str(response.status_code)).inc()
+                duration.labels(rule).observe(seconds)
         return response
 
     @app.errorhandler(Exception)
@@ -297,6 +337,8 @@ def create_app(instance: str, flags, db: Database, flag_name: str = FLAG) -> Fla
                 cur.execute("SELECT 1")
         except psycopg2.Error as exc:
             problems.append(f"database: {type(exc).__name__}")
+        if aspnetcore:  # ASP.NET Core's MapHealthChecks: text/plain Healthy (200) or Unhealthy (503)
+            return Response("Unhealthy" if problems else "Healthy", 503 if problems else 200, mimetype="text/plain")
         body = {"instance": instance, "status": "fail" if problems else "ok", "problems": problems}
         return jsonify(body), 503 if problems else 200
 
@@ -326,6 +368,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", help="the SDK's file cache")
     parser.add_argument("--threads", type=int, default=6, help="waitress worker threads = DB pool size")
     parser.add_argument("--statement-timeout-ms", type=int, default=10000)
+    parser.add_argument(
+        "--metrics-style",
+        choices=("rehearsal", "aspnetcore"),
+        default="rehearsal",
+        help="metric names of /metrics (and /healthz's body): this app's, or ASP.NET Core 8's through OpenTelemetry",
+    )
     args = parser.parse_args(argv)
     missing = [name for name in ("TE_DB_DSN", "TE_UNLEASH_TOKEN") if not os.environ.get(name)]
     if missing:
@@ -349,7 +397,7 @@ def main(argv: list[str] | None = None) -> int:
         args.cache_dir,
     )
     flags.start()
-    app = create_app(args.instance, flags, db, args.flag)
+    app = create_app(args.instance, flags, db, args.flag, args.metrics_style)
     waitress.serve(app, host=args.host, port=args.port, threads=args.threads, ident=None)
     return 0
 

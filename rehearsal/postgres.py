@@ -6,6 +6,11 @@ password is a real failure), so this module drives the same binaries itself: ini
 scram-sha-256 for TCP and trust on the local socket (for the stack's own administration), then
 `pg_ctl start` on 127.0.0.1. As root, postgres refuses to run, so the server runs as the system
 user `pgserver` (created if missing), exactly as pgserver does.
+
+TLS: pgserver's build has no OpenSSL, so `start()` also starts the TLS front of rehearsal.pgtls on
+`tls_port`, with a test CA made at the first start (`tls/ca.pem`, the CA's key is never written)
+and a certificate for 127.0.0.1: `tls_dsn()` connects with sslmode=verify-full, as production
+does. The plain `port` stays for the stack's own services and the tests' administration.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
 import time
 import warnings
 from dataclasses import dataclass
@@ -24,6 +30,8 @@ from urllib.parse import quote
 
 import psycopg2
 from psycopg2 import sql as pgsql
+
+from rehearsal import pgtls, procs
 
 with warnings.catch_warnings():
     # pgserver's import asks platformdirs for XDG_RUNTIME_DIR, unset here; we do not use that dir.
@@ -69,6 +77,7 @@ class PostgresCluster:
     port: int = 0
     host: str = "127.0.0.1"
     durable: bool = False
+    tls_port: int = 0
 
     def __post_init__(self) -> None:
         self.datadir = Path(self.datadir).resolve()
@@ -76,6 +85,9 @@ class PostgresCluster:
         self.socket_dir = self.datadir / "socket"
         self.logfile = self.datadir / "postgres.log"
         self._password_file = self.datadir / "superuser.password"
+        self.passfile = self.datadir / "pgpass"  # libpq's password file: every role's password, 0600
+        self.tls_dir = self.datadir / "tls"
+        self._tls_port_file = self.tls_dir / "port"
 
     # -- connection details ------------------------------------------------------------------
     @property
@@ -83,10 +95,43 @@ class PostgresCluster:
         return self._password_file.read_text().strip()
 
     def dsn(self, dbname: str = "postgres", user: str = SUPERUSER, password: str | None = None) -> str:
-        """A libpq URI over TCP with the password (a secret: never print it)."""
-        secret = self.password if password is None and user == SUPERUSER else password
-        auth = quote(user, safe="") + (":" + quote(secret, safe="") if secret else "")
-        return f"postgresql://{auth}@{self.host}:{self.port}/{quote(dbname, safe='')}"
+        """A libpq URI over TCP (plain port). Without `password` it carries none: libpq reads it from the
+        cluster's password file (`passfile`, ~/.pgpass format), as the runbook requires of every DSN. With
+        `password` (a test of a wrong or leaked one) it carries that one: a secret, never print it."""
+        if password is not None:
+            auth = quote(user, safe="") + ":" + quote(password, safe="")
+            return f"postgresql://{auth}@{self.host}:{self.port}/{quote(dbname, safe='')}"
+        query = f"passfile={quote(str(self.passfile), safe='/')}"  # no %: alembic.ini interpolation
+        return f"postgresql://{quote(user, safe='')}@{self.host}:{self.port}/{quote(dbname, safe='')}?{query}"
+
+    def store_url(self, dbname: str) -> str:
+        """The superuser's URL WITH its password, for a service that reads no passfile (Unleash's
+        node-postgres in the tests): that service's own secret, never a DSN the runbook is given."""
+        return self.dsn(dbname, password=self.password)
+
+    def _remember_password(self, user: str, password: str) -> None:
+        """Add (or replace) `user`'s line in the password file: 127.0.0.1, any port, any database."""
+
+        def escape(text: str) -> str:
+            return text.replace("\\", "\\\\").replace(":", "\\:")
+
+        prefix = f"{escape(self.host)}:*:*:{escape(user)}:"
+        lines = self.passfile.read_text().splitlines() if self.passfile.exists() else []
+        lines = [line for line in lines if not line.startswith(prefix)] + [prefix + escape(password)]
+        fd = os.open(self.passfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write("\n".join(lines) + "\n")
+        self.passfile.chmod(0o600)
+
+    @property
+    def ca_file(self) -> Path:
+        """The test CA that signed the TLS front's certificate (a client's sslrootcert)."""
+        return self.tls_dir / "ca.pem"
+
+    def tls_dsn(self, dbname: str = "postgres", user: str = SUPERUSER, sslmode: str = "verify-full") -> str:
+        """A libpq URI to the TLS front, without a password (libpq takes it from PGPASSWORD or a passfile)."""
+        query = f"sslmode={sslmode}&sslrootcert={quote(str(self.ca_file), safe='/')}"
+        return f"postgresql://{quote(user, safe='')}@{self.host}:{self.tls_port}/{quote(dbname, safe='')}?{query}"
 
     def admin_dsn(self, dbname: str = "postgres") -> str:
         """A libpq URI over the local socket (trust): for the stack's own administration."""
@@ -139,6 +184,7 @@ class PostgresCluster:
         if not self._password_file.exists():
             self._password_file.write_text(secrets.token_urlsafe(18) + "\n")
             self._password_file.chmod(0o600)
+        self._remember_password(SUPERUSER, self.password)
         pwfile = self.datadir / ".initdb-pw"
         pwfile.write_text(self.password + "\n")
         if _run_as():
@@ -174,10 +220,12 @@ class PostgresCluster:
             conf.writelines(f"{key} = {value}\n" for key, value in settings.items())
 
     def start(self, timeout: float = 30) -> None:
-        """Start the server (initialising it first if needed) and wait until it accepts connections."""
+        """Start the server (initialising it first if needed) and its TLS front; wait until both accept connections."""
         self.init()
+        self._remember_password(SUPERUSER, self.password)
         if self.is_running():
             self.port = self.port or self._running_port()
+            self.start_tls(timeout)
             return
         self.port = self.port or free_port(self.host)
         if _run_as():
@@ -197,11 +245,54 @@ class PostgresCluster:
         while True:
             try:
                 psycopg2.connect(self.admin_dsn(), connect_timeout=2).close()
-                return
+                break
             except psycopg2.OperationalError as exc:
                 if time.monotonic() > deadline:
                     raise PostgresError(f"PostgreSQL did not accept connections: {exc}\n{self.log_tail()}") from exc
                 time.sleep(0.1)
+        self.start_tls(timeout)
+
+    # -- the TLS front -------------------------------------------------------------------------
+    def _tls_service(self) -> procs.Service:
+        return procs.Service("postgres-tls", self.datadir)
+
+    def start_tls(self, timeout: float = 30) -> None:
+        """Start the TLS front (making the test CA and certificate at the first start) unless it runs."""
+        if not self.tls_port and self._tls_port_file.exists():
+            self.tls_port = int(self._tls_port_file.read_text())
+        service = self._tls_service()
+        if service.is_running() and self.tls_port and _accepts(self.host, self.tls_port):
+            return
+        service.stop()
+        if not (self.ca_file.exists() and (self.tls_dir / "server.key").exists()):
+            pgtls.make_certificates(self.tls_dir, self.host)
+        self.tls_port = self.tls_port or free_port(self.host)
+        self._tls_port_file.write_text(f"{self.tls_port}\n")
+        service.start(
+            [
+                sys.executable,
+                "-m",
+                "rehearsal.pgtls",
+                "--listen",
+                f"{self.host}:{self.tls_port}",
+                "--backend",
+                f"{self.host}:{self.port}",
+                "--cert",
+                str(self.tls_dir / "server.pem"),
+                "--key",
+                str(self.tls_dir / "server.key"),
+            ],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)},
+            cwd=self.datadir,
+        )
+        deadline = time.monotonic() + timeout
+        while not _accepts(self.host, self.tls_port):
+            if not service.is_running() or time.monotonic() > deadline:
+                raise PostgresError(f"the TLS front did not come up on port {self.tls_port}:\n{service.log_tail()}")
+            time.sleep(0.05)
+
+    def stop_tls(self) -> None:
+        self._tls_service().stop()
 
     def _running_port(self) -> int:
         # postmaster.pid, line 4: the port the running server listens on.
@@ -212,6 +303,7 @@ class PostgresCluster:
         return int(pidfile.read_text().splitlines()[0]) if pidfile.exists() else None
 
     def stop(self) -> None:
+        self.stop_tls()
         if self.is_running():
             self._ctl("-w", "-m", "fast", "stop")
 
@@ -234,6 +326,7 @@ class PostgresCluster:
     def create_role(self, name: str, password: str, superuser: bool = False) -> None:
         """Create (or reset the password of) a login role."""
         exists = self.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", params=(name,))
+        self._remember_password(name, password)
         verb = "ALTER" if exists else "CREATE"
         options = " SUPERUSER" if superuser else ""
         self.execute(
@@ -252,6 +345,14 @@ class PostgresCluster:
     def drop_database(self, name: str) -> None:
         """Drop a database, terminating its connections."""
         self.execute(pgsql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(pgsql.Identifier(name)))
+
+
+def _accepts(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
 
 
 def run_as_user() -> str:

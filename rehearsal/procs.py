@@ -148,7 +148,7 @@ def _reap(pid: int) -> None:
 
 
 SERVICE_NAMES = {"postgres", "node", "prometheus", "python", "python3", "python3.11"}
-SERVICE_MODULES = ("rehearsal.app", "rehearsal.sinks")
+SERVICE_MODULES = ("rehearsal.app", "rehearsal.sinks", "rehearsal.pgtls")
 
 
 def stack_processes(run_dir: str) -> list[psutil.Process]:

@@ -32,8 +32,8 @@ def binary() -> str:
     return found
 
 
-def write_config(path: Path, app_targets: dict[str, str]) -> None:
-    """The scrape config: every instance (name -> host:port) each second. JSON is valid YAML."""
+def write_config(path: Path, app_targets: dict[str, str], extra_jobs: dict[str, dict[str, str]] | None = None) -> None:
+    """The scrape config: every instance (name -> host:port) each second, and `extra_jobs` (job -> instances)."""
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
@@ -47,6 +47,17 @@ def write_config(path: Path, app_targets: dict[str, str]) -> None:
             }
         ],
     }
+    for job, targets in (extra_jobs or {}).items():
+        config["scrape_configs"].append(
+            {
+                "job_name": job,
+                "scrape_interval": "1s",
+                "scrape_timeout": "1s",
+                "static_configs": [
+                    {"targets": [address], "labels": {"app_instance": name}} for name, address in targets.items()
+                ],
+            }
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(config, indent=2) + "\n")
 

@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import secrets
+import signal
 import socket
 import sys
 import time
@@ -44,9 +45,13 @@ DEFAULT_RUN_DIR = ROOT / ".run" / "rehearsal"
 HOST = "127.0.0.1"
 FLAG, PROJECT, ENVIRONMENT = "DataTransformationFeature", "default", "production"
 APPS = ("app-1", "app-2")
+# On demand (start_aspnetcore_app): one more instance exporting ASP.NET Core 8's metric names through
+# OpenTelemetry's Prometheus exporter, scraped as its own job, for the `aspnetcore` metrics preset.
+ASPNETCORE_APP, ASPNETCORE_JOB = "app-aspnetcore", "transformation-engine-aspnetcore"
 # The documented default ports (`rehearsal up` without --ports auto); tests always use auto.
 DEFAULT_PORTS = {
     "postgres": 55432,
+    "postgres_tls": 55433,  # the TLS front (rehearsal.pgtls): what the playbook connects to
     "unleash": 54242,
     "app-1": 58081,
     "app-2": 58082,
@@ -107,7 +112,9 @@ class Stack:
         self.state_file = self.run_dir / "state.json"
         self.secrets_file = self.run_dir / "secrets.json"
         ports = self.ports if self.exists() else {}
-        self.cluster = PostgresCluster(self.run_dir / "postgres", port=ports.get("postgres", 0))
+        self.cluster = PostgresCluster(
+            self.run_dir / "postgres", port=ports.get("postgres", 0), tls_port=ports.get("postgres_tls", 0)
+        )
         self.unleash = UnleashServer(self.run_dir / "unleash", port=ports.get("unleash", 0))
 
     # -- recorded state ------------------------------------------------------------------------
@@ -238,6 +245,8 @@ class Stack:
                 APPS, pool.map(lambda n: self._up_app(n, timeout, restart_apps), APPS), strict=True
             ):
                 timings[name] = seconds
+        if ASPNETCORE_APP in state["ports"]:
+            timings[ASPNETCORE_APP] = self._up_app(ASPNETCORE_APP, timeout, restart_apps, metrics_style="aspnetcore")
         state["running_refresh_interval"] = state["refresh_interval"]
         self._save_state(state)
 
@@ -268,8 +277,11 @@ class Stack:
             state = {"ports": chosen, "tenants": [], "refresh_interval": DEFAULT_REFRESH_INTERVAL}
         if refresh_interval is not None:
             state["refresh_interval"] = float(refresh_interval)
+        if "postgres_tls" not in state["ports"]:  # a run folder from before the TLS front
+            state["ports"]["postgres_tls"] = free_port(HOST)
         self._save_state(state)
         self.cluster.port = state["ports"]["postgres"]
+        self.cluster.tls_port = state["ports"]["postgres_tls"]
         self.unleash.port = state["ports"]["unleash"]
         return state
 
@@ -287,9 +299,10 @@ class Stack:
     def _up_postgres(self) -> float:
         began = time.monotonic()
         self._postgres_reachable()
-        if self.cluster.is_running():
-            return 0.0
         try:
+            if self.cluster.is_running():
+                self.cluster.start_tls()
+                return 0.0
             self.cluster.start()
         except PostgresError as exc:
             raise StackError("postgres", str(exc).splitlines()[0], self.cluster.log_tail()) from exc
@@ -330,9 +343,39 @@ class Stack:
 
     def _up_prometheus(self, timeout: float) -> float:
         config = self.run_dir / "prometheus" / "prometheus.yml"
-        prometheus.write_config(config, {name: f"{HOST}:{self.ports[name]}" for name in APPS})
+        prometheus.write_config(
+            config, {name: f"{HOST}:{self.ports[name]}" for name in APPS}, self._prometheus_extra_jobs()
+        )
         argv = prometheus.argv(config, self.run_dir / "prometheus" / "data", HOST, self.ports["prometheus"])
         return self._start("prometheus", argv, lambda: _http_ok(self.url("prometheus") + "/-/ready"), timeout)
+
+    def _prometheus_extra_jobs(self) -> dict[str, dict[str, str]]:
+        if ASPNETCORE_APP not in self.ports:
+            return {}
+        return {ASPNETCORE_JOB: {ASPNETCORE_APP: f"{HOST}:{self.ports[ASPNETCORE_APP]}"}}
+
+    def start_aspnetcore_app(self, timeout: float = 60) -> str:
+        """Start (once) the instance with ASP.NET Core's metric names, have Prometheus scrape it; its URL."""
+        with self._exclusive():
+            state = self.state
+            if ASPNETCORE_APP not in state["ports"]:
+                state["ports"][ASPNETCORE_APP] = free_port(HOST)
+                self._save_state(state)
+            self._up_app(ASPNETCORE_APP, timeout, False, metrics_style="aspnetcore")
+            config = self.run_dir / "prometheus" / "prometheus.yml"
+            prometheus.write_config(
+                config, {name: f"{HOST}:{self.ports[name]}" for name in APPS}, self._prometheus_extra_jobs()
+            )
+            process = self.service("prometheus").process()
+            if process is not None:
+                process.send_signal(signal.SIGHUP)  # Prometheus reloads its configuration
+            _wait(
+                "prometheus",
+                lambda: prometheus.query(self.url("prometheus"), f'up{{job="{ASPNETCORE_JOB}"}} == 1'),
+                timeout,
+                interval=0.2,
+            )
+        return self.url(ASPNETCORE_APP)
 
     def _up_sinks(self, timeout: float) -> float:
         argv = [
@@ -358,7 +401,7 @@ class Stack:
             },
         )
 
-    def _up_app(self, name: str, timeout: float, restart: bool) -> float:
+    def _up_app(self, name: str, timeout: float, restart: bool, metrics_style: str = "rehearsal") -> float:
         if restart:
             self.service(name).stop()
         argv = [
@@ -375,6 +418,8 @@ class Stack:
             str(self.state["refresh_interval"]),
             "--cache-dir",
             str(self.run_dir / name / "unleash-cache"),
+            "--metrics-style",
+            metrics_style,
         ]
         env = {
             "TE_DB_DSN": self.cluster.dsn(appdb.APP_DB, user=appdb.APP_RW, password=self.secrets[appdb.APP_RW]),
@@ -392,7 +437,7 @@ class Stack:
 
     def _down(self, timeout: float) -> list[str]:
         stopped = []
-        for name in (*APPS, "prometheus", "sinks"):
+        for name in (*APPS, ASPNETCORE_APP, "prometheus", "sinks"):
             service = self.service(name)
             if service.is_running():
                 stopped.append(name)
@@ -403,7 +448,7 @@ class Stack:
         self._postgres_reachable()
         if self.cluster.is_running():
             stopped.append("postgres")
-            self.cluster.stop()
+        self.cluster.stop()  # also its TLS front
         leftovers = self.leftover_processes()
         if leftovers:
             # Services of this run folder that no pid file knew of (a crashed `up`): stop them, then insist.
@@ -441,7 +486,7 @@ class Stack:
             "postgres": {
                 "pid": self.cluster.pid() if self.cluster.is_running() else None,
                 "healthy": probe(lambda: self.cluster.execute("SELECT 1")),
-                "address": f"{HOST}:{ports['postgres']}",
+                "address": f"{HOST}:{ports['postgres']} (TLS {HOST}:{ports.get('postgres_tls')})",
             },
             "unleash": {
                 "pid": self.unleash.pid() if self.unleash.is_running() else None,
@@ -470,7 +515,9 @@ class Stack:
     def env(self) -> dict[str, str]:
         """The connection details: the single contract the playbook (env=local) and the tests read."""
         ports, passwords = self.ports, self.secrets
-        migrator_dsn = self.cluster.dsn(appdb.APP_DB, user=appdb.MIGRATOR, password=passwords[appdb.MIGRATOR])
+        # The runbook reaches the database as production does: TLS verified against the stack's test CA
+        # (sslmode=verify-full), and no password in any DSN (libpq takes it from PGPASSWORD).
+        migrator_dsn = self.cluster.tls_dsn(appdb.APP_DB, user=appdb.MIGRATOR)
         return {
             "FF_PROVIDER": "unleash",
             "FF_API_URL": self.url("unleash"),
@@ -479,7 +526,9 @@ class Stack:
             "FF_ENVIRONMENT": ENVIRONMENT,
             "FF_FLAG": FLAG,
             "ROLLBACK_DB_HOST": HOST,
-            "ROLLBACK_DB_PORT": str(ports["postgres"]),
+            "ROLLBACK_DB_PORT": str(ports["postgres_tls"]),
+            "ROLLBACK_DB_SSLMODE": "verify-full",
+            "ROLLBACK_DB_SSLROOTCERT": str(self.cluster.ca_file),
             "ROLLBACK_DB_NAME": appdb.APP_DB,
             "ROLLBACK_DB_USER": appdb.MIGRATOR,
             "PGPASSWORD": passwords[appdb.MIGRATOR],
@@ -502,8 +551,8 @@ class Stack:
 
     # -- helpers for tests, molecule and benchmarks ---------------------------------------------
     def dsn(self, dbname: str = appdb.APP_DB, role: str = appdb.MIGRATOR) -> str:
-        """A libpq URI as `migrator` or `app_rw` (a secret: never print it)."""
-        return self.cluster.dsn(dbname, user=role, password=self.secrets[role])
+        """A libpq URI as `migrator` or `app_rw` on the plain port, without a password (the cluster's passfile)."""
+        return self.cluster.dsn(dbname, user=role)
 
     def set_flag(self, enabled: bool) -> None:
         self.unleash.set_flag(enabled, FLAG, PROJECT, ENVIRONMENT)

@@ -12,7 +12,7 @@ options:
   dsn:
     description:
       - libpq connection URI of the application database, e.g. C(postgresql://migrator@db:5432/app).
-        Without a password in it, libpq takes it from C(PGPASSWORD) or C(~/.pgpass).
+        Never with a password in it (such a DSN is refused); libpq takes it from C(PGPASSWORD) or C(~/.pgpass).
       - Falls back to the environment variable C(ROLLBACK_DB_DSN). Mutually exclusive with O(databases).
       - Connect as the owner of the application tables (the C(migrator) role), not the app's DML role.
     type: str
@@ -61,4 +61,15 @@ options:
     description: Seconds to wait for a connection.
     type: int
     default: 10
+  require_verified_tls:
+    description:
+      - Refuse, before contacting anything, a connection that would not verify the server, and any session
+        that is not TLS with C(sslmode=verify-full) after connecting. Verifying needs C(sslmode=verify-full)
+        (in the DSN, else C(PGSSLMODE)) and the CA's PEM file (C(sslrootcert), C(PGSSLROOTCERT),
+        C(~/.postgresql/root.crt), or C(system)); a Unix socket is refused. The rollback sets it for the
+        inventory's production-like environments.
+      - Whatever this says, a DSN that carries a password is always refused (give it in C(PGPASSWORD) or
+        C(~/.pgpass)).
+    type: bool
+    default: false
 """

@@ -96,6 +96,7 @@ def job_defaults() -> dict:
         "expected_sql_sha256": None,
         "application_name": APPLICATION_NAME,
         "connect_timeout": 10,
+        "require_verified_tls": False,  # a production-like environment: sslmode=verify-full or refuse
         "database_timeout": None,  # the watchdog's budget with many databases; None: database_budget()
     }
 
@@ -352,7 +353,9 @@ def _revert(job: dict, result: dict) -> None:
     script = load_script(job["script_location"], job["version_locations"])
     target = resolve_target(script, job["revision"])
     result["to_revision"] = None if target == BASE else target
-    engine, conn = sqlalchemy_connection(job["dsn"], job["application_name"], int(job["connect_timeout"]))
+    engine, conn = sqlalchemy_connection(
+        job["dsn"], job["application_name"], int(job["connect_timeout"]), bool(job["require_verified_tls"])
+    )
     raw = conn.connection.driver_connection
     try:
         with raw.cursor() as cur:
@@ -407,7 +410,13 @@ def _apply(job, script, engine, conn, *, pid, current, target, result) -> None:
         attempt_started = time.monotonic()
         result["attempts"] = attempt
         archiver = Archiver(raw, job["run_id"], current, result["to_revision"], enabled=bool(job["archive"]))
-        watch = BlockerWatch(job["dsn"], pid, delay=lock_timeout * 0.5, application_name=job["application_name"])
+        watch = BlockerWatch(
+            job["dsn"],
+            pid,
+            delay=lock_timeout * 0.5,
+            application_name=job["application_name"],
+            require_verified_tls=bool(job["require_verified_tls"]),
+        )
         try:
             with watch:
                 trans = conn.begin()

@@ -138,6 +138,7 @@ def archives_defaults() -> dict:
         "advisory_lock_wait": 30.0,
         "application_name": APPLICATION_NAME,
         "connect_timeout": 10,
+        "require_verified_tls": False,  # a production-like environment: sslmode=verify-full or refuse
     }
 
 
@@ -148,7 +149,7 @@ def read_archives(job: dict) -> dict:
     dsn = job["dsn"]
     try:
         dsn = resolve_dsn(dsn)
-        conn = connect(dsn, job["application_name"], int(job["connect_timeout"]))
+        conn = connect(dsn, job["application_name"], int(job["connect_timeout"]), bool(job["require_verified_tls"]))
         try:
             conn.set_session(isolation_level="REPEATABLE READ", readonly=True)
             with conn.cursor() as cur:
@@ -177,7 +178,7 @@ def purge_database(job: dict, run_ids: list[str]) -> dict:
     dsn = job["dsn"]
     try:
         dsn = resolve_dsn(dsn)
-        conn = connect(dsn, job["application_name"], int(job["connect_timeout"]))
+        conn = connect(dsn, job["application_name"], int(job["connect_timeout"]), bool(job["require_verified_tls"]))
         try:
             acquire_advisory_lock(conn, float(job["advisory_lock_wait"]))
             with conn.cursor() as cur:
@@ -276,6 +277,7 @@ def run_rollback_archive(params: dict, check_mode: bool = False, diff: bool = Fa
             "advisory_lock_wait",
             "application_name",
             "connect_timeout",
+            "require_verified_tls",
         )
     }
     base["run_id"] = base["run_id"] or time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())

@@ -29,6 +29,8 @@ def database_argument_spec(parallel: int) -> dict:
         "run_id": {"type": "str"},
         "application_name": {"type": "str", "default": "emergency-rollback"},
         "connect_timeout": {"type": "int", "default": 10},
+        # A production-like environment: refuse any connection but sslmode=verify-full with a CA.
+        "require_verified_tls": {"type": "bool", "default": False},
     }
 
 

@@ -3,8 +3,10 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """PostgreSQL sessions of the runbook: DSNs and their secrets, connections, locks, blocking sessions.
 
-Plain Python over psycopg2 (and SQLAlchemy for alembic's sake), no Ansible. Secrets: a DSN may
-carry a password; every message that could contain any part of a DSN goes through `redact()`.
+Plain Python over psycopg2 (and SQLAlchemy for alembic's sake), no Ansible. Secrets: `connect()`
+refuses a DSN that carries a password (PGPASSWORD or ~/.pgpass hold it) and, for a production-like
+environment, any connection that does not verify the server (sslmode=verify-full with a CA); every
+message that could contain any part of a DSN still goes through `redact()`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ try:
 except ImportError:  # pragma: no cover - the module reports missing_required_lib
     HAS_PSYCOPG2 = False
 
-from ansible.module_utils.schema_errors import AdvisoryLockTimeout, ConnectError, RefusedError
+from ansible.module_utils.schema_errors import AdvisoryLockTimeout, ConnectError, RefusedError, SchemaError
 
 DSN_ENV_VAR = "ROLLBACK_DB_DSN"
 APPLICATION_NAME = "emergency-rollback"
@@ -128,24 +130,101 @@ def first_line(exc: BaseException) -> str:
     return text.splitlines()[0].strip() if text else type(exc).__name__
 
 
-# -- connections ---------------------------------------------------------------------------------
-def connect(dsn: str, application_name: str = APPLICATION_NAME, connect_timeout: int = 10):
-    """A psycopg2 connection (not autocommit); ConnectError with a redacted, one-line cause."""
+# -- what a DSN may be ---------------------------------------------------------------------------
+_INVALID_DSN = (
+    "Cannot connect: the DSN is not a valid libpq connection string or URI; write it as "
+    "postgresql://user@host:port/dbname?sslmode=verify-full&sslrootcert=<CA file> (the password from "
+    "PGPASSWORD or ~/.pgpass) and try again."
+)
+_TLS_FIX = (
+    "set sslmode=verify-full and sslrootcert=<the CA's PEM file> in its DSN (rollback_db_sslmode and "
+    "rollback_db_sslrootcert in the inventory)"
+)
+
+
+def check_dsn(dsn: str, require_verified_tls: bool = False) -> dict:
+    """The DSN's parameters, before anything is contacted; RefusedError (one sentence, naming the fix) if:
+
+    - it carries a password (in any spelling libpq reads: user:password@, password=, ?password=): the
+      password belongs in PGPASSWORD or ~/.pgpass, where no task, log or audit record can show it;
+    - `require_verified_tls` (a production-like environment) and the connection would not verify the
+      server: anything but sslmode=verify-full (DSN first, then PGSSLMODE, as libpq decides), no CA
+      file to verify with (sslrootcert, PGSSLROOTCERT or ~/.postgresql/root.crt; `system` is the
+      system's trust store), or a Unix socket (no TLS at all). libpq's documentation, "SSL Support":
+      only verify-full protects against both eavesdropping and a man in the middle.
+    """
     try:
-        return psycopg2.connect(dsn, application_name=application_name, connect_timeout=connect_timeout)
+        parts = psycopg2.extensions.parse_dsn(dsn)
     except psycopg2.ProgrammingError:
-        # libpq could not parse the DSN; its message quotes the DSN, so it is not repeated at all.
-        raise ConnectError(
-            "Cannot connect: the DSN is not a valid libpq connection string or URI; write it as "
-            "postgresql://user@host:port/dbname (the password from PGPASSWORD) and try again."
-        ) from None
+        raise ConnectError(_INVALID_DSN) from None  # libpq's message quotes the DSN: not repeated
+    if parts.get("password"):
+        raise RefusedError(
+            f"The DSN of {describe_dsn(dsn)} carries a password: remove it from the DSN and give it in "
+            "PGPASSWORD or ~/.pgpass (libpq reads both); nothing was contacted."
+        )
+    if require_verified_tls:
+        _require_verified_tls(parts, dsn)
+    return parts
+
+
+def _require_verified_tls(parts: dict, dsn: str) -> None:
+    where = describe_dsn(dsn)
+    hosts = [h for h in (parts.get("host") or os.environ.get("PGHOST") or "").split(",") if h]
+    if (not hosts and not parts.get("hostaddr")) or any(h.startswith(("/", "@")) for h in hosts):
+        raise RefusedError(
+            f"{where} belongs to a production-like environment and is reached over a Unix socket, which has no "
+            f"TLS: give its TCP host name and {_TLS_FIX}; nothing was contacted."
+        )
+    sslmode = (
+        parts.get("sslmode") or os.environ.get("PGSSLMODE") or ("require" if parts.get("requiressl") == "1" else "")
+    )
+    if sslmode != "verify-full":
+        raise RefusedError(
+            f"{where} belongs to a production-like environment: its connection must verify the server's "
+            f"certificate and host name, but sslmode is {sslmode or 'not set (prefer)'}: {_TLS_FIX}; "
+            "nothing was contacted."
+        )
+    root = parts.get("sslrootcert") or os.environ.get("PGSSLROOTCERT") or "~/.postgresql/root.crt"
+    if root != "system" and not os.path.isfile(os.path.expanduser(root)):
+        raise RefusedError(
+            f"{where}: sslmode=verify-full needs the CA that signed the server's certificate, and {root} is not a "
+            "file: give the CA's PEM file in sslrootcert (rollback_db_sslrootcert), or sslrootcert=system for the "
+            "system's trust store; nothing was contacted."
+        )
+
+
+# -- connections ---------------------------------------------------------------------------------
+def connect(
+    dsn: str, application_name: str = APPLICATION_NAME, connect_timeout: int = 10, require_verified_tls: bool = False
+):
+    """A psycopg2 connection (not autocommit); RefusedError for a DSN check_dsn() refuses, ConnectError
+    with a redacted, one-line cause when the server cannot be reached, authenticated or verified."""
+    check_dsn(dsn, require_verified_tls)
+    try:
+        conn = psycopg2.connect(dsn, application_name=application_name, connect_timeout=connect_timeout)
+    except psycopg2.ProgrammingError:
+        raise ConnectError(_INVALID_DSN) from None
     except Exception as exc:
         cause = " ".join(str(exc).split())
         cause = re.sub(r"^connection to server at \S+ \([^)]*\), port \d+ failed: ", "", cause)
+        if "certificate verify failed" in cause or "does not match host name" in cause:
+            cause += (
+                " (the server's certificate is not signed by the CA in sslrootcert, or not issued for this host "
+                "name: give the right CA and the host name in the certificate, never a weaker sslmode)"
+            )
         raise ConnectError(redact(f"Cannot connect to {describe_dsn(dsn)}: {cause}", dsn)) from None
+    if require_verified_tls and not (conn.info.ssl_in_use and conn.info.dsn_parameters.get("sslmode") == "verify-full"):
+        conn.close()  # e.g. a service file or another layer chose otherwise: never use an unverified session
+        raise RefusedError(
+            f"{describe_dsn(dsn)} belongs to a production-like environment, and its connection is not TLS verified "
+            f"with sslmode=verify-full: {_TLS_FIX}."
+        )
+    return conn
 
 
-def sqlalchemy_connection(dsn: str, application_name: str = APPLICATION_NAME, connect_timeout: int = 10):
+def sqlalchemy_connection(
+    dsn: str, application_name: str = APPLICATION_NAME, connect_timeout: int = 10, require_verified_tls: bool = False
+):
     """A SQLAlchemy Connection over one psycopg2 connection (NullPool), for alembic to run on.
 
     Returns (engine, connection); the caller closes the connection and disposes of the engine.
@@ -156,19 +235,19 @@ def sqlalchemy_connection(dsn: str, application_name: str = APPLICATION_NAME, co
 
     engine = create_engine(
         "postgresql+psycopg2://",
-        creator=lambda: connect(dsn, application_name, connect_timeout),
+        creator=lambda: connect(dsn, application_name, connect_timeout, require_verified_tls),
         poolclass=pool.NullPool,
     )
     try:
         return engine, engine.connect()
-    except ConnectError:
+    except SchemaError:  # ConnectError, or RefusedError for a DSN that must not be used
         engine.dispose()
         raise
     except Exception as exc:
         engine.dispose()
         # The creator raised ConnectError, which SQLAlchemy may have wrapped.
         inner = exc.__cause__ or exc.__context__ or getattr(exc, "orig", None)
-        if isinstance(inner, ConnectError):
+        if isinstance(inner, SchemaError):
             raise inner from None
         raise ConnectError(redact(f"Cannot connect to {describe_dsn(dsn)}: {first_line(exc)}", dsn)) from None
 
@@ -306,8 +385,18 @@ class BlockerWatch:
     a quick attempt costs nothing. Threads are fine here: only psycopg2 runs in this one.
     """
 
-    def __init__(self, dsn: str, pid: int, delay: float, application_name: str, interval: float = 0.1):
+    def __init__(
+        self,
+        dsn: str,
+        pid: int,
+        delay: float,
+        application_name: str,
+        interval: float = 0.1,
+        *,
+        require_verified_tls: bool = False,
+    ):
         self.dsn, self.pid, self.delay, self.interval = dsn, pid, delay, interval
+        self.require_verified_tls = require_verified_tls
         self.application_name = application_name + "-watch"
         self.sessions: list[dict] = []
         self._stop = threading.Event()
@@ -325,7 +414,7 @@ class BlockerWatch:
         if self._stop.wait(self.delay):
             return
         try:
-            conn = connect(self.dsn, self.application_name, connect_timeout=5)
+            conn = connect(self.dsn, self.application_name, 5, self.require_verified_tls)
         except Exception:
             return
         try:

@@ -101,6 +101,7 @@ def state_defaults() -> dict:
         "advisory_lock_wait": 30.0,
         "application_name": APPLICATION_NAME,
         "connect_timeout": 10,
+        "require_verified_tls": False,  # a production-like environment: sslmode=verify-full or refuse
     }
 
 
@@ -128,7 +129,7 @@ def read_state(job: dict) -> dict:
         record = bool(job["record_rollback_point"])
         if record and not job["recorded_by"]:
             raise RefusedError("record_rollback_point needs recorded_by (who records it: the operator or CI actor).")
-        conn = connect(dsn, job["application_name"], int(job["connect_timeout"]))
+        conn = connect(dsn, job["application_name"], int(job["connect_timeout"]), bool(job["require_verified_tls"]))
         try:
             if record and not job["check_mode"]:
                 acquire_advisory_lock(conn, float(job["advisory_lock_wait"]))  # released when conn closes

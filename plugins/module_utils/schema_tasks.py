@@ -35,6 +35,7 @@ MIGRATION_JOB_OPTIONS = (
     "archive",
     "application_name",
     "connect_timeout",
+    "require_verified_tls",
 )
 STATE_JOB_OPTIONS = (
     "record_rollback_point",
@@ -47,6 +48,7 @@ STATE_JOB_OPTIONS = (
     "advisory_lock_wait",
     "application_name",
     "connect_timeout",
+    "require_verified_tls",
 )
 
 

@@ -118,6 +118,7 @@ def upgrade_job_defaults() -> dict:
         "advisory_lock_wait": 30.0,
         "application_name": "emergency-rollback",
         "connect_timeout": 10,
+        "require_verified_tls": False,  # a production-like environment: sslmode=verify-full or refuse
         "database_timeout": None,
     }
 
@@ -353,7 +354,9 @@ def _upgrade(job: dict, result: dict) -> None:
     script = load_script(job["script_location"], job["version_locations"])
     destination, targets = resolve_targets(script, job["revision"])
     result["to_revision"] = _revision_value(targets)
-    engine, conn = sqlalchemy_connection(job["dsn"], job["application_name"], int(job["connect_timeout"]))
+    engine, conn = sqlalchemy_connection(
+        job["dsn"], job["application_name"], int(job["connect_timeout"]), bool(job["require_verified_tls"])
+    )
     raw = conn.connection.driver_connection
     try:
         with raw.cursor() as cur:
@@ -430,7 +433,13 @@ def _apply(job, script, conn, *, pid, current, destination, targets, result) -> 
     for attempt in range(1, attempts + 1):
         attempt_started = time.monotonic()
         result["attempts"] = attempt
-        watch = BlockerWatch(job["dsn"], pid, delay=lock_timeout * 0.5, application_name=job["application_name"])
+        watch = BlockerWatch(
+            job["dsn"],
+            pid,
+            delay=lock_timeout * 0.5,
+            application_name=job["application_name"],
+            require_verified_tls=bool(job["require_verified_tls"]),
+        )
         try:
             with watch, contextlib.redirect_stdout(io.StringIO()):
                 summary = _attempt(
@@ -545,6 +554,7 @@ JOB_OPTIONS = (
     "advisory_lock_wait",
     "application_name",
     "connect_timeout",
+    "require_verified_tls",
 )
 
 

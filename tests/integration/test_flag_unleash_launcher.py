@@ -55,7 +55,7 @@ def test_detached_server_outlives_its_starter_and_stops_by_pid(pg_cluster, tmp_p
         f"""
         from pathlib import Path
         from rehearsal.unleash import UnleashError, UnleashServer
-        UnleashServer(Path({str(workdir)!r}), {pg_cluster.dsn("unleash_detached")!r}).start()
+        UnleashServer(Path({str(workdir)!r}), {pg_cluster.store_url("unleash_detached")!r}).start()
         """
     )
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -72,7 +72,7 @@ def test_detached_server_outlives_its_starter_and_stops_by_pid(pg_cluster, tmp_p
     assert not server.pidfile.exists()
     server.stop()  # a second stop is a no-op
     # A restart on the same workdir keeps its URL (when the port is free) and its tokens.
-    again = UnleashServer(workdir, pg_cluster.dsn("unleash_detached"))
+    again = UnleashServer(workdir, pg_cluster.store_url("unleash_detached"))
     again.start()
     try:
         assert again.url == server.url
@@ -86,7 +86,7 @@ def test_detached_server_outlives_its_starter_and_stops_by_pid(pg_cluster, tmp_p
 
 def test_a_database_of_another_workdir_is_refused_clearly(unleash_server, pg_cluster, tmp_path):
     # Unleash creates start-up tokens only in a database without tokens: ours would be refused.
-    stranger = UnleashServer(tmp_path / "other", pg_cluster.dsn("unleash"))
+    stranger = UnleashServer(tmp_path / "other", pg_cluster.store_url("unleash"))
     with pytest.raises(UnleashError, match="already holds API tokens"):
         stranger.start()
     assert not stranger.is_running()

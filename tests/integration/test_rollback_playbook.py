@@ -97,14 +97,25 @@ def end_record(run) -> dict:
 
 @pytest.fixture
 def deployed(stack_baseline, playbook):
-    """The stack with DataTransformationFeature deployed by deploy.yml, and traffic on the new path."""
+    """The stack with DataTransformationFeature deployed by deploy.yml, and steady traffic (10 req/s) on both
+    instances for the whole test, as in production: the verification judges the 5xx ratio on real requests
+    and calls a rollback without traffic inconclusive."""
     stack = stack_baseline
     run = playbook("playbooks/deploy.yml", extravars={"env": "local", "reason": "release 2.3"}, envvars=stack.env())
     assert run.rc == 0, run
     assert revision(stack) == FEATURE
     for i in range(5):
         assert stack.transform("app-1", external_ref=f"deployed-{i}").json()["path"] == "new"
-    return stack
+    stack.jobs_before_traffic = query(stack, "SELECT count(*) FROM transformation_jobs")[0][0]
+    stack.traffic = stack.load(rate=10).start()
+    yield stack
+    stack.traffic.stop()
+
+
+def new_path_writes(stack) -> int:
+    """Jobs the new path wrote: before the traffic, and each successful new-path request of the traffic."""
+    traffic = [s for s in list(stack.traffic.samples) if s.path == "new" and 200 <= s.status < 300]
+    return stack.jobs_before_traffic + len(traffic)
 
 
 def rollback(playbook, stack, envvars=None, **extravars):
@@ -115,8 +126,7 @@ def rollback(playbook, stack, envvars=None, **extravars):
 # -- the happy path ----------------------------------------------------------------------------------
 def test_rollback_reverts_verifies_notifies_and_audits(deployed, playbook):
     stack = deployed
-    jobs = query(stack, "SELECT count(*) FROM transformation_jobs")[0][0]
-    assert jobs >= 5
+    assert stack.jobs_before_traffic >= 5
     fingerprint_before = query(
         stack, "SELECT fingerprint FROM runbook.rollback_points ORDER BY recorded_at DESC LIMIT 1"
     )[0][0]
@@ -136,18 +146,22 @@ def test_rollback_reverts_verifies_notifies_and_audits(deployed, playbook):
     assert revision(stack) == LEGACY
     assert stack.transform("app-2", external_ref="after-rollback").json()["path"] == "legacy"
     # Nothing the feature wrote is lost: the jobs are in the archive.
+    # This run's archive: the newest of the manifest (other tests of the session archived theirs too).
     archived = query(
         stack,
-        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE n.nspname = 'rollback_archive' AND c.relname LIKE %s",
-        ("%transformation_jobs",),
+        "SELECT archive_table FROM rollback_archive.manifest WHERE source_table = 'transformation_jobs' "
+        "AND source_column IS NULL ORDER BY archived_at DESC LIMIT 1",
     )
     assert archived, "the feature's rows were not archived"
-    archived_rows = query(stack, f'SELECT count(*) FROM rollback_archive."{archived[-1][0]}"')[0][0]  # noqa: S608
-    assert archived_rows == jobs
+    archived_rows = query(stack, f'SELECT count(*) FROM rollback_archive."{archived[0][0]}"')[0][0]  # noqa: S608
+    assert archived_rows == new_path_writes(stack)
 
     record = end_record(run)
     assert record["outcome"] == "succeeded"
+    verification = record["verification"]
+    assert verification["verdict"] == "verified" and verification["error_rate"]["state"] == "ok", verification
+    assert {c["verdict"] for c in verification["checks"]} == {"verified"}
+    assert [c["name"] for c in verification["checks"]][:2] == ["flag", "database local-app"]
     assert (record["operator"], record["operator_source"]) == ("alice", "awx")
     assert str(record["awx_job_id"]) == "4242"
     assert record["environment"] == "local"
@@ -383,9 +397,12 @@ def test_prometheus_down_at_verify_fails_clearly_and_undoes_nothing(deployed, pl
         rollback_verify_error_rate_interval=1,
     )
     assert run.rc != 0
-    assert "did not answer" in run.stdout and "is not undone" in run.stdout, run
+    assert "Verification inconclusive after" in run.stdout and "did not answer" in run.stdout, run
+    assert "nothing is undone, but this run is not a success" in run.stdout
     assert revision(stack) == LEGACY and not flag_enabled(stack)
-    assert end_record(run)["outcome"] == "failed at verify"
+    record = end_record(run)
+    assert record["outcome"] == "failed at verify"
+    assert record["verification"]["verdict"] == "inconclusive"
 
 
 def test_unwritable_audit_file_refuses_to_start(stack, playbook, tmp_path):

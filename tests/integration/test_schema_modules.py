@@ -211,7 +211,7 @@ def test_modules_through_ansible_runner(tmp_path, app_template, app_db, pg_clust
         assert faulty.fingerprint() == faulty_fingerprint and faulty.revision() == "0003_faulty_downgrade"
 
         bad = res["A DSN that does not connect"]
-        assert bad["failed"] and "password authentication failed" in bad["msg"]
+        assert bad["failed"] and "carries a password" in bad["msg"]  # refused before any contact
         many_bad = res["One bad database among many"]
         assert many_bad["failed"] and many_bad["msg"].startswith("Cannot revert 1 of 4 database(s): bad-tenant: ")
         assert [d["changed"] for d in many_bad["databases"]] == [False, False, False, False]

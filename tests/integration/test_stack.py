@@ -30,6 +30,8 @@ ENV_KEYS = {
     "FF_FLAG",
     "ROLLBACK_DB_HOST",
     "ROLLBACK_DB_PORT",
+    "ROLLBACK_DB_SSLMODE",
+    "ROLLBACK_DB_SSLROOTCERT",
     "ROLLBACK_DB_NAME",
     "ROLLBACK_DB_USER",
     "PGPASSWORD",
@@ -93,8 +95,12 @@ def test_env_has_the_contract_keys_and_reaches_every_service(stack):
         "migrator",
         "",
     )
-    # The migrator's DSN and host/port/user + PGPASSWORD reach the same database.
-    assert query(env["ROLLBACK_DB_DSN"], "SELECT current_user, current_database()") == [("migrator", "transformation")]
+    # The migrator's DSN (no password in it: TLS verified with the stack's CA) with PGPASSWORD, and
+    # host/port/user + PGPASSWORD, reach the same database.
+    assert "@" in env["ROLLBACK_DB_DSN"] and ":" not in env["ROLLBACK_DB_DSN"].split("@")[0].split("//")[1]
+    assert "sslmode=verify-full" in env["ROLLBACK_DB_DSN"]
+    dsn_with_password = env["ROLLBACK_DB_DSN"] + "&password=" + env["PGPASSWORD"]  # libpq's own check, not ours
+    assert query(dsn_with_password, "SELECT current_user, current_database()") == [("migrator", "transformation")]
     libpq = (
         f"host={env['ROLLBACK_DB_HOST']} port={env['ROLLBACK_DB_PORT']} dbname={env['ROLLBACK_DB_NAME']} "
         f"user={env['ROLLBACK_DB_USER']} password={env['PGPASSWORD']}"

@@ -15,7 +15,7 @@ rollback_preflight : Validating arguments against arg spec 'main' - Validate the
 rollback_preflight : Read the flag's state (changes nothing) ------------ 2.38s
 rollback_schema : Revert the schema of every database ------------------- 1.83s
 rollback_flag : Record the flag change in the audit --------------------- 0.10s
-rollback_verify : Check every application instance is healthy ----------- 2.40s
+rollback_verify : Judge the flag, the schema, the instances' health and the 5xx ratio --- 2.40s
 """
 
 
@@ -35,7 +35,7 @@ def test_parse_profile_keeps_order_and_names_the_modules():
         "feature_flag",
         "schema_migration",
         "set_stats",
-        "uri",
+        "app_verify",
     ]
     assert tasks[1] == {
         "task": "rollback_preflight : Read the flag's state (changes nothing)",
