@@ -17,11 +17,14 @@ import pytest
 pytestmark = pytest.mark.integration
 
 FEATURE, LEGACY = "0002_data_transformation", "0001_legacy"
+# md5 of the ordered rows (`%%`: these queries take parameters), rows up to an id.
 JOBS = (
-    "SELECT count(*), md5(string_agg(format('%s|%s|%s|%s|%s|%s', id, document_id, stage, pipeline_version, output,"
-    " created_at), ',' ORDER BY id)) FROM transformation_jobs"
+    "SELECT count(*), md5(string_agg(format('%%s|%%s|%%s|%%s|%%s|%%s', id, document_id, stage, pipeline_version,"
+    " output, created_at), ',' ORDER BY id)) FROM transformation_jobs WHERE id <= %s"
 )
-VERSIONS = "SELECT md5(string_agg(format('%s|%s', id, transform_version), ',' ORDER BY id)) FROM documents"
+VERSIONS = (
+    "SELECT md5(string_agg(format('%%s|%%s', id, transform_version), ',' ORDER BY id)) FROM documents WHERE id <= %s"
+)
 
 
 def query(stack, sql: str, params=None) -> list:
@@ -78,14 +81,28 @@ def rolled_back(stack_baseline, playbook):
     for number in range(6):
         response = stack.transform(("app-1", "app-2")[number % 2], external_ref=f"forward-{number}-{suffix}")
         assert response.status_code == 200 and response.json()["path"] == "new", response.text
-    before = {"jobs": query(stack, JOBS)[0], "versions": query(stack, VERSIONS)[0][0]}
-    rollback = playbook(
-        "rollback.yml", extravars={"env": "local", "reason": "go/no-go failed: 5xx above 2%"}, envvars=stack.env()
-    )
+    highest = query(stack, "SELECT (SELECT max(id) FROM transformation_jobs), (SELECT max(id) FROM documents)")[0]
+    before = {
+        "upto": highest,
+        "jobs": query(stack, JOBS, (highest[0],))[0],
+        "versions": query(stack, VERSIONS, (highest[1],))[0][0],
+    }
+    # Steady traffic during the rollback, as in production: the verification needs real requests to judge.
+    traffic = stack.load(rate=10).start()
+    try:
+        rollback = playbook(
+            "rollback.yml", extravars={"env": "local", "reason": "go/no-go failed: 5xx above 2%"}, envvars=stack.env()
+        )
+    finally:
+        traffic.stop()
     assert rollback.rc == 0, rollback
     assert revision(stack) == LEGACY and before["jobs"][0] >= 6
+    run_id = end_record(rollback)["run_id"]
+    before["archived_rows"] = query(
+        stack, "SELECT sum(row_count)::int FROM rollback_archive.manifest WHERE run_id = %s", (run_id,)
+    )[0][0]
     before["refs"] = f"forward-%-{suffix}"
-    return stack, before, end_record(rollback)["run_id"]
+    return stack, before, run_id
 
 
 def test_deploying_again_restores_every_row_shows_it_and_audits_it(rolled_back, playbook):
@@ -95,9 +112,9 @@ def test_deploying_again_restores_every_row_shows_it_and_audits_it(rolled_back, 
 
     assert run.rc == 0, run
     assert revision(stack) == FEATURE and flag_enabled(stack)
-    assert query(stack, JOBS)[0] == before["jobs"], "every job row back, identical"
-    assert query(stack, VERSIONS)[0][0] == before["versions"]
-    rows = before["jobs"][0] + query(stack, "SELECT count(*) FROM documents")[0][0]
+    assert query(stack, JOBS, (before["upto"][0],))[0] == before["jobs"], "every job row back, identical"
+    assert query(stack, VERSIONS, (before["upto"][1],))[0][0] == before["versions"]
+    rows = before["archived_rows"]
     end = end_record(run)
     assert end["outcome"] == "succeeded" and end["playbook"] == "deploy.yml"
     assert (end["operator"], end["operator_source"], end["environment"]) == ("dana", "extra_var", "local")
@@ -133,7 +150,7 @@ def test_deploying_again_restores_every_row_shows_it_and_audits_it(rolled_back, 
     assert again.rc == 0, again
     assert again.changed_tasks() == [], "re-running deploy changes nothing"
     assert end_record(again)["restored_rows"] == 0
-    assert query(stack, JOBS)[0] == before["jobs"]
+    assert query(stack, JOBS, (before["upto"][0],))[0] == before["jobs"]
 
 
 def test_check_mode_shows_what_would_be_restored_and_changes_nothing(rolled_back, playbook):
@@ -141,7 +158,7 @@ def test_check_mode_shows_what_would_be_restored_and_changes_nothing(rolled_back
     run = deploy(playbook, stack, cmdline="--check")
     assert run.rc == 0, run
     [plan] = debug_lines(run, "Show what the upgrade would restore")
-    rows = before["jobs"][0] + query(stack, "SELECT count(*) FROM documents")[0][0]
+    rows = before["archived_rows"]
     assert plan == (
         f"local-app: Would upgrade {LEGACY} -> {FEATURE} (1 step(s)); would restore {rows} archived row(s) of "
         f"rollback run {run_id} (2 table(s)/column(s))."
@@ -213,9 +230,10 @@ def test_the_purge_keeps_the_retention_and_is_audited(rolled_back, playbook):
     assert plan.rc == 0, plan
     assert query(stack, "SELECT count(*) FROM pg_tables WHERE schemaname = 'rollback_archive'") == [(3,)]
 
-    done = purge(archive_purge_run_ids=run_id)
+    done = purge("-vvv", archive_purge_run_ids=run_id)
 
     assert done.rc == 0, done
+    assert "task path:" in done.stdout and "postgresql://" not in done.everything(), "no DSN at any verbosity"
     assert query(stack, "SELECT count(*) FROM pg_tables WHERE schemaname = 'rollback_archive'") == [(1,)]
     record = end_record(done)
     purged = record["purge"]["databases"]["local-app"]["purged"]
