@@ -64,6 +64,9 @@ class FlagState:
 
     last_refresh: datetime | None = None
     last_refresh_status: int | None = None
+    # The ETag of the configuration the SDK evaluates (Unleash: "<hash>:<revision id>"): a 200 brings a
+    # new one, a 304 confirms the one it has.
+    config_version: str | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def record(self, response, *_args, **_kwargs):
@@ -73,6 +76,8 @@ class FlagState:
                 self.last_refresh_status = response.status_code
                 if response.status_code in (200, 304):
                     self.last_refresh = datetime.now(UTC)
+                if response.status_code == 200:
+                    self.config_version = response.headers.get("ETag")
         return response
 
 
@@ -314,9 +319,15 @@ def create_app(  # noqa: PLR0915 - one app, its routes read top-down
 
     @app.get("/status")
     def _status():
-        enabled = flags.is_enabled(flag_name)
+        # Read the fetch time BEFORE evaluating the flag: the answer then never claims a fetch newer than
+        # the configuration the path came from (a fetch landing in between only makes it look older).
         with flags.state.lock:
-            last, last_status = flags.state.last_refresh, flags.state.last_refresh_status
+            last, last_status, version = (
+                flags.state.last_refresh,
+                flags.state.last_refresh_status,
+                flags.state.config_version,
+            )
+        enabled = flags.is_enabled(flag_name)
         return jsonify(
             instance=instance,
             flag=flag_name,
@@ -324,6 +335,7 @@ def create_app(  # noqa: PLR0915 - one app, its routes read top-down
             path="new" if enabled else "legacy",
             last_refresh=last.isoformat() if last else None,
             last_refresh_status=last_status,
+            config_version=version,
             refresh_interval=float(flags.refresh_interval),
         )
 

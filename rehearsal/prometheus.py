@@ -1,7 +1,11 @@
 """Prometheus (Debian's package) for the rehearsal stack: its config, its command line, and queries.
 
 It scrapes every app instance each second as job `transformation-engine`, so verification asks it
-for the 5xx rate exactly as production monitoring would (docs/interfaces.md has the query).
+for the 5xx rate exactly as production monitoring would (docs/interfaces.md has the query), and the
+propagation barrier asks it which instances are live (its active targets). The job's targets come
+from a file (`file_sd_configs`, `targets/<job>.json` next to the config), which Prometheus watches:
+`register()`/`deregister()` add or remove an instance without a restart, as a service discovery
+would when an instance starts or stops.
 """
 
 from __future__ import annotations
@@ -32,8 +36,29 @@ def binary() -> str:
     return found
 
 
+def targets_file(config: Path) -> Path:
+    return config.parent / "targets" / f"{JOB}.json"
+
+
+def _write_targets(config: Path, app_targets: dict[str, str]) -> None:
+    groups = [{"targets": [address], "labels": {"app_instance": name}} for name, address in app_targets.items()]
+    path = targets_file(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(groups, indent=2) + "\n")
+    tmp.replace(path)  # atomic: Prometheus never reads half a file
+
+
+def read_targets(config: Path) -> dict[str, str]:
+    """The job's targets now: {app_instance name: host:port}."""
+    path = targets_file(config)
+    groups = json.loads(path.read_text()) if path.exists() else []
+    return {group["labels"]["app_instance"]: group["targets"][0] for group in groups}
+
+
 def write_config(path: Path, app_targets: dict[str, str], extra_jobs: dict[str, dict[str, str]] | None = None) -> None:
-    """The scrape config: every instance (name -> host:port) each second, and `extra_jobs` (job -> instances)."""
+    """The scrape config: every instance (name -> host:port) each second, from the job's target file, and
+    `extra_jobs` (job -> instances). JSON is valid YAML."""
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [
@@ -41,9 +66,7 @@ def write_config(path: Path, app_targets: dict[str, str], extra_jobs: dict[str, 
                 "job_name": JOB,
                 "scrape_interval": "1s",
                 "scrape_timeout": "1s",
-                "static_configs": [
-                    {"targets": [address], "labels": {"app_instance": name}} for name, address in app_targets.items()
-                ],
+                "file_sd_configs": [{"files": [str(targets_file(path))], "refresh_interval": "5s"}],
             }
         ],
     }
@@ -59,7 +82,17 @@ def write_config(path: Path, app_targets: dict[str, str], extra_jobs: dict[str, 
             }
         )
     path.parent.mkdir(parents=True, exist_ok=True)
+    _write_targets(path, app_targets)
     path.write_text(json.dumps(config, indent=2) + "\n")
+
+
+def register(config: Path, name: str, address: str) -> None:
+    """Add (or move) one instance of the job; Prometheus lists it within seconds."""
+    _write_targets(config, {**read_targets(config), name: address})
+
+
+def deregister(config: Path, name: str) -> None:
+    _write_targets(config, {k: v for k, v in read_targets(config).items() if k != name})
 
 
 def argv(config: Path, storage: Path, host: str, port: int) -> list[str]:

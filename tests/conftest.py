@@ -21,12 +21,19 @@ add_module_utils_path()
 FIXTURES = sorted(path.stem for path in (ROOT / "tests" / "fixtures").glob("*.py") if path.stem != "__init__")
 pytest_plugins = [
     *(f"tests.fixtures.{name}" for name in FIXTURES),
-    "tests.fakes.fixtures",  # the contract fakes (LaunchDarkly, in-house flag API, app /status)
+    "tests.fakes.fixtures",  # the contract fakes (LaunchDarkly, Optimizely, in-house flag API, app /status)
 ]
 
 # The fixture modules that start a real service: every fixture they define is a service fixture.
 SERVICE_FIXTURE_MODULES = frozenset(
-    {"tests.fixtures.postgres", "tests.fixtures.schema", "tests.fixtures.stack", "tests.fixtures.unleash"}
+    {
+        "tests.fixtures.efcore",
+        "tests.fixtures.postgres",
+        "tests.fixtures.prometheus",
+        "tests.fixtures.schema",
+        "tests.fixtures.stack",
+        "tests.fixtures.unleash",
+    }
 )
 
 

@@ -31,10 +31,33 @@ options:
         description: libpq connection URI, as O(dsn).
         type: str
         required: true
+  tool:
+    description:
+      - "The migration tool that manages the database: C(alembic) (the project's revisions and version
+        table, from O(config_file) or O(script_location)) or C(efcore) (EF Core's C(__EFMigrationsHistory),
+        and for M(schema_migration) a down script of C(dotnet ef migrations script), O(script))."
+    type: str
+    choices: [alembic, efcore]
+    default: alembic
+  config_file:
+    description:
+      - "alembic: the project's configuration, an C(alembic.ini) or a C(pyproject.toml) with C([tool.alembic])
+        (alembic 1.16+); C(script_location), C(version_locations), C(prepend_sys_path) and the other main
+        options are read from it, relative paths from the file's directory. An C(alembic.ini) next to a
+        C(pyproject.toml) is read with it, as alembic's C(pyproject) template splits them. Its
+        C(sqlalchemy.url) is never used: the database is O(dsn)."
+      - "The project's C(env.py) must run the migrations on the connection the plugin hands it,
+        C(config.attributes[\"connection\"]) (alembic's cookbook, \"Sharing a Connection across one or
+        more programmatic migration commands\"); the stock templates do not: a revert is then refused
+        before any DDL, naming the file, with the lines to add (the result's C(env_py_fix)).
+        Plans (check mode) work with every template (generic, pyproject, async) and need no
+        credentials; C(multidb) (one env.py for several databases) is refused."
+      - Without it, O(script_location) and O(version_locations) describe the project.
+    type: path
   script_location:
     description:
-      - The alembic script directory (the one with C(env.py)). A relative path is resolved from the
-        working directory of the task; roles pass an absolute path.
+      - The alembic script directory (the one with C(env.py)), when there is no O(config_file). A
+        relative path is resolved from the working directory of the task; roles pass an absolute path.
     type: path
     default: migrations
   version_locations:

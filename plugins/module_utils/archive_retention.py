@@ -52,7 +52,6 @@ from ansible.module_utils.schema_restore import (
     ensure_manifest_columns,
     read_manifest,
 )
-from ansible.module_utils.schema_tasks import duplicate_names
 
 MIN_RETENTION_DAYS = 7
 DAY = 86400.0
@@ -237,6 +236,15 @@ def purge_database(job: dict, run_ids: list[str]) -> dict:
 
 
 # -- the plugin ------------------------------------------------------------------------------------
+def duplicate_names(databases: list[dict]) -> str | None:
+    """One sentence if `databases` is empty or repeats a name (as schema_tasks says it; without its alembic)."""
+    names = [db["name"] for db in databases]
+    if not names:
+        return "databases is empty: list at least one {name, dsn}."
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    return f"Database names must be unique in databases; repeated: {', '.join(repeated)}." if repeated else None
+
+
 def _each(function, jobs: list[dict], parallel: int) -> list[dict]:
     if len(jobs) <= 1 or parallel <= 1:
         return [function(job) for job in jobs]

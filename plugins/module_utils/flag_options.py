@@ -12,8 +12,8 @@ from __future__ import annotations
 
 from ansible.module_utils.common.parameters import env_fallback
 
-# The flag systems of flag_providers.PROVIDERS (a test keeps the two in step).
-PROVIDER_NAMES = ("unleash", "launchdarkly", "http")
+# The flag systems flag_providers.make_provider() knows (it imports this tuple as PROVIDERS).
+PROVIDER_NAMES = ("unleash", "launchdarkly", "optimizely", "http")
 STATES = ("enabled", "disabled")
 
 
@@ -48,11 +48,35 @@ def feature_flag_spec() -> dict:
     return {"argument_spec": spec}
 
 
+DISCOVERY_SOURCES = ("none", "prometheus", "kubernetes", "consul")
+
+
+def discovery_options() -> dict:
+    """flag_propagation's `discovery` suboptions: where the live instances are listed (flag_discovery)."""
+    return {
+        "source": {"type": "str", "required": True, "choices": list(DISCOVERY_SOURCES)},
+        "url": {"type": "str"},
+        "job": {"type": "str"},
+        "name_label": {"type": "str", "default": "instance"},
+        "namespace": {"type": "str"},
+        "service": {"type": "str"},
+        "port": {"type": "str"},
+        "passing_only": {"type": "bool", "default": False},
+        "scheme": {"type": "str", "default": "http", "choices": ["http", "https"]},
+        "status_url_template": {"type": "str", "default": "{scheme}://{address}/status"},
+        "token": {"type": "str", "no_log": True, "fallback": (env_fallback, ["ROLLBACK_DISCOVERY_TOKEN"])},
+    }
+
+
 def flag_propagation_spec() -> dict:
     spec = http_options()
     spec["request_timeout"] = spec.pop("timeout")
     spec.update(
         status_urls={"type": "list", "elements": "str", "default": []},
+        discovery={"type": "dict", "options": discovery_options()},
+        fetched_after={"type": "str"},
+        fetch_key={"type": "str", "default": "last_refresh", "no_log": False},  # a JSON key name, not a secret
+        clock_skew={"type": "float", "default": 1.0},
         expected_path={"type": "str", "default": "legacy"},
         path_key={"type": "str", "default": "path", "no_log": False},  # a JSON key name, not a secret
         timeout={"type": "float", "default": 60.0},

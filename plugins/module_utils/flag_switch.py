@@ -13,6 +13,7 @@ every failure into one sentence without the API key. Nothing here knows about An
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from ansible.module_utils.flag_options import STATES
@@ -24,14 +25,28 @@ def state_name(enabled: bool) -> str:
     return "enabled" if enabled else "disabled"
 
 
+def utc_iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds")
+
+
 def switch_flag(
-    provider: FlagProvider, state: str, *, check_mode: bool = False, comment: str = "", clock=time.monotonic
+    provider: FlagProvider,
+    state: str,
+    *,
+    check_mode: bool = False,
+    comment: str = "",
+    clock=time.monotonic,
+    wall_clock=time.time,
 ) -> dict[str, Any]:
     """Bring the flag to `state` ("enabled" | "disabled").
 
     Returns: changed, previous_state, state, provider, attempts (write attempts, 0 without a write),
     change_reference (+ change_reference_kind) where the provider reports one, elapsed_seconds,
-    diff (before/after), notes (non-fatal remarks for the operator).
+    confirmed_at (UTC, ISO 8601: when the flag system's answer confirming `state` arrived, i.e. the
+    read-back after a write, or the first read when nothing was written; None in check mode, which
+    confirms nothing), diff (before/after), notes (non-fatal remarks for the operator).
+    Every configuration an application fetches after `confirmed_at` has the flag in `state`, which
+    is what the propagation barrier requires of each instance.
     """
     if state not in STATES:
         raise ValueError(f"state must be one of {STATES}, not {state!r}")
@@ -39,6 +54,7 @@ def switch_flag(
     started = clock()
     provider.client.begin()  # one max_wait budget for the reads, the write and the read-back
     before = provider.read()
+    confirmed_at = wall_clock()
     result: dict[str, Any] = {
         "changed": False,
         "provider": provider.name,
@@ -59,6 +75,7 @@ def switch_flag(
             result["change_reference"] = written.reference
             result["change_reference_kind"] = written.reference_kind if written.reference is not None else ""
             after = provider.read()
+            confirmed_at = wall_clock()
             if after.enabled != desired:
                 mismatch = FlagStateMismatch(
                     f"Cannot confirm flag {provider.flag} {state} in {provider.environment}: {provider.label} accepted "
@@ -67,6 +84,7 @@ def switch_flag(
                 )
                 mismatch.attempts = written.attempts
                 raise mismatch
+    result["confirmed_at"] = None if check_mode and result["changed"] else utc_iso(confirmed_at)
     result["elapsed_seconds"] = round(clock() - started, 3)
     result["diff"] = {
         "before": {"state": result["previous_state"]},

@@ -166,6 +166,7 @@ class HttpClient:
     headers: dict[str, str] = field(default_factory=dict)
     sleep: Any = time.sleep  # injectable for unit tests
     clock: Any = time.monotonic
+    wall_clock: Any = time.time  # for rate-limit headers that name a moment (HTTP date, epoch)
 
     def __post_init__(self) -> None:
         if self.timeout <= 0:
@@ -279,9 +280,10 @@ class HttpClient:
                     return Response(answer.status_code, body, answer.text, dict(answer.headers), attempt)
                 status = answer.status_code
                 failure = f"answered {status}"
+                now = self.wall_clock()
                 waits = [
-                    parse_retry_after(answer.headers.get("Retry-After")),
-                    parse_ratelimit_reset(answer.headers.get("X-Ratelimit-Reset")),
+                    parse_retry_after(answer.headers.get("Retry-After"), now=now),
+                    parse_ratelimit_reset(answer.headers.get("X-Ratelimit-Reset"), now=now),
                 ]
                 hinted = [w for w in waits if w is not None]
                 retry_in = max(hinted) if hinted else None

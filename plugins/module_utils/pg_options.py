@@ -1,13 +1,17 @@
 # Copyright: contributors to the emergency-rollback runbook
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The argument spec shared by the modules that work on the application databases.
+"""The argument specs of the plugins that work on the application databases (schema_migration,
+schema_state), as AnsibleModule's keyword arguments.
 
-Kept apart from pg_session (which needs psycopg2) so that a module can still build its spec, and
-say which library is missing, on a controller without the database libraries.
+Kept apart from pg_session and the migration tools (which need psycopg2, alembic, pglast) and
+importing nothing optional, so that a plugin can always build its spec and then say which library is
+missing, on a controller without the database libraries.
 """
 
 from __future__ import annotations
+
+TOOLS = ["alembic", "efcore"]
 
 
 def database_argument_spec(parallel: int) -> dict:
@@ -23,6 +27,8 @@ def database_argument_spec(parallel: int) -> dict:
             },
         },
         "parallel": {"type": "int", "default": parallel},
+        "tool": {"type": "str", "default": "alembic", "choices": TOOLS},
+        "config_file": {"type": "path"},
         "script_location": {"type": "path", "default": "migrations"},
         "version_locations": {"type": "list", "elements": "path"},
         "advisory_lock_wait": {"type": "float", "default": 30.0},
@@ -39,6 +45,7 @@ def schema_migration_spec() -> dict:
     spec = database_argument_spec(parallel=2)
     spec.update(
         revision={"type": "str", "required": True},
+        script={"type": "path"},
         lock_timeout={"type": "float", "default": 2.0},
         lock_attempts={"type": "int", "default": 5},
         lock_backoff={"type": "float", "default": 0.5},
@@ -46,15 +53,21 @@ def schema_migration_spec() -> dict:
         statement_timeout={"type": "float", "default": 60.0},
         expected_sql_sha256={"type": "raw"},
         archive={"type": "bool", "default": True},
+        accept_data_statements={"type": "list", "elements": "str", "default": []},
         database_timeout={"type": "float"},
     )
-    return {"argument_spec": spec, "mutually_exclusive": [("dsn", "databases")]}
+    return {
+        "argument_spec": spec,
+        "mutually_exclusive": [("dsn", "databases"), ("config_file", "script")],
+        "required_if": [("tool", "efcore", ("script",))],
+    }
 
 
 def schema_state_spec() -> dict:
     """schema_state's AnsibleModule arguments (documented in plugins/modules/schema_state.py)."""
     spec = database_argument_spec(parallel=4)
     spec.update(
+        script={"type": "path"},
         record_rollback_point={"type": "bool", "default": False},
         error_rate_baseline={"type": "float"},
         recorded_by={"type": "str"},

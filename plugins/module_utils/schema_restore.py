@@ -21,14 +21,20 @@ transaction as the upgrade, behind the runbook's advisory lock and lock/statemen
 - The archived rows are staged in a temporary table, each value cast back to the column's type now
   (values of ENUMs, domains and other non-built-in types were archived as text). A value the type no
   longer accepts (`pg_input_is_valid`, PostgreSQL 16) is a conflict, `invalid_value`.
-- A dropped table (`source_column` NULL; also rows a downgrade deleted): every staged row whose key
-  (`key_columns`, the table's primary key; the whole row without one) is absent is inserted; a row
+What was archived is the manifest's `action` (NULL in older manifests: a dropped table or column):
+- A dropped table, or rows a downgrade deleted or truncated (`drop table`, `delete`, `truncate`):
+  every staged row whose key (`key_columns`, the table's primary key; the whole row without one) is
+  absent is inserted; a row
   whose key exists with the same data counts as already present; a row whose key exists with other
   data is NOT overwritten: conflict `different`. A row whose foreign key points at a row that is gone
   (`missing_reference`) or that would duplicate a unique value (`duplicate_unique`) is not inserted.
   Then every sequence of the table's integer columns (bigserial, identity) is moved past the highest
   restored value, so that the application's next insert does not collide with a restored key.
-- A dropped column: the archived value is written back by key (`UPDATE ... FROM`) where this
+- Values a downgrade rewrote (`update`: the key and the old values of the columns it set) or retyped
+  (`change column type`): the row stayed, and the application may have written it since, so they are
+  compared, never written: a different value is a conflict `different`, a row that is gone `missing_row`.
+- A dropped materialized view: derived rows, computed again by the upgrade; nothing to restore.
+- A dropped column (`drop column`): the archived value is written back by key (`UPDATE ... FROM`) where this
   transaction (re)created the column (its values are the upgrade's defaults). Where the column existed
   before the transaction began, someone may have written it since: a different value is a conflict
   `different`, left alone. A key that no longer exists is a conflict `missing_row`.
@@ -79,6 +85,16 @@ BASE_COLUMNS = (
     "key_columns",
     "row_count",
 )
+# Columns the archive added later (schema_archive.ensure_archive_schema; docs/interfaces.md): read when present.
+ARCHIVE_COLUMNS = (
+    ("action", "text"),
+    ("revision", "text"),
+    ("statement_sha256", "text"),
+)
+# What removed the rows (the manifest's `action`; NULL in manifests written before it existed).
+DROP_TABLE, DROP_COLUMN, DROP_MATVIEW = "drop table", "drop column", "drop materialized view"
+ROW_ACTIONS = (DROP_TABLE, "truncate", "delete")  # whole rows: inserted where their key is absent
+VALUE_ACTIONS = ("update", "change column type")  # old values of rows that stayed: never overwritten
 # Columns this runbook adds to the manifest when it first restores or purges (docs/interfaces.md).
 RESTORE_COLUMNS = (
     ("restored_at", "timestamptz"),
@@ -166,7 +182,7 @@ def read_manifest(cursor, *, pending_only: bool = False, for_update: bool = Fals
             "written by this runbook's archive; inspect it before restoring anything."
         )
     fields = [pgsql.Identifier(name) for name in BASE_COLUMNS]
-    for name, kind in RESTORE_COLUMNS + PURGE_COLUMNS:
+    for name, kind in ARCHIVE_COLUMNS + RESTORE_COLUMNS + PURGE_COLUMNS:
         if name in have:
             fields.append(pgsql.Identifier(name))
         else:
@@ -346,6 +362,8 @@ class _Entry:
         self.cur, self.entry, self.apply = cursor, entry, apply
         self.fresh_columns = fresh_columns
         self.column = entry.get("source_column")
+        self.action = entry.get("action") or (DROP_COLUMN if self.column else DROP_TABLE)
+        self.values: list[str] | None = None  # the columns written back by key (column and value modes)
         self.archive = pgsql.Identifier(ARCHIVE_SCHEMA, entry["archive_table"])
         self.stage = pgsql.Identifier("pg_temp", stage_name)
         self.report = {
@@ -355,6 +373,7 @@ class _Entry:
             "schema": entry["source_schema"],
             "table": entry["source_table"],
             "column": self.column,
+            "action": self.action,
             "archive_table": f'{ARCHIVE_SCHEMA}."{entry["archive_table"]}"',
             "archived_rows": entry["row_count"],
             "restored": 0,
@@ -429,20 +448,60 @@ class _Entry:
         return archive_columns, target_columns, archived
 
     def _run(self) -> None:
+        if self.action == DROP_MATVIEW:
+            # Derived rows: the upgrade's CREATE MATERIALIZED VIEW (or a REFRESH) computes them again.
+            self.entry_invalid = self.blocked_rows = 0
+            self.report["note"] = "a materialized view: its rows are computed again (REFRESH), not restored"
+            return
         located = self._locate()
         if located is None:
             return
         archive_columns, target_columns, archived = located
-        if self.column is not None:
+        columns = self._columns(archive_columns, target_columns)
+        if columns is None:
+            return
+        self._stage(archive_columns, target_columns, columns)
+        # A column this transaction created holds the upgrade's defaults: the archived values replace them.
+        # Values a downgrade rewrote or retyped may have been written since: never overwritten.
+        fresh = (
+            self.action == DROP_COLUMN
+            and (self.report["schema"], self.report["table"], self.column) in self.fresh_columns
+        )
+        if self.apply and not fresh:
+            # A table or column that existed before this transaction: nobody else writes it until COMMIT.
+            self.cur.execute(pgsql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(self.target))
+        if self.values is None:
+            self._restore_rows(target_columns, columns)
+        else:
+            self._restore_values(fresh)
+        self.report["conflict_rows"] = (
+            self.entry_invalid
+            + self.blocked_rows
+            + abs(archived - self.entry["row_count"])
+            + sum(c["rows"] for c in self.report["conflicts"] if c["kind"] == "column_gone")
+        )
+
+    def _columns(self, archive_columns: dict, target_columns: dict) -> list[str] | None:
+        """The archive's columns to stage (and sets self.values for the column and value modes); None when
+        check mode predicts instead (the upgrade would create the column)."""
+        if self.action in VALUE_ACTIONS:
+            # The key and the old values of the columns a downgrade rewrote (UPDATE) or retyped.
+            self.values = [c for c in archive_columns if c not in self.keys and (not self.column or c == self.column)]
+            gone = [c for c in self.values if c not in target_columns]
+            if gone or not self.values:
+                raise _Unrestorable("no_column", f"{self.report['source']}: column(s) {', '.join(gone)} do not exist")
+            columns = [*self.keys, *self.values]
+        elif self.column is not None:
             if self.column not in archive_columns:
                 raise _Unrestorable("archive_missing", f"the archive has no column {self.column}")
             if self.column not in target_columns and not self.apply:
                 self._predict_new_column(archive_columns, target_columns)
-                return
+                return None
             if self.column not in target_columns:
                 raise _Unrestorable("no_column", f"{self.report['source']} does not exist")
             if target_columns[self.column]["generated"]:
                 raise _Unrestorable("generated_column", f"{self.report['source']} is a generated column")
+            self.values = [self.column]
             columns = [*self.keys, self.column]
         else:
             columns = [c for c in archive_columns if c in target_columns]
@@ -451,23 +510,7 @@ class _Entry:
                 self.conflict(
                     "column_gone", self._count(statement.format(self.archive, pgsql.Identifier(gone))), column=gone
                 )
-        self._stage(archive_columns, target_columns, columns)
-        fresh = (
-            self.column is not None and (self.report["schema"], self.report["table"], self.column) in self.fresh_columns
-        )
-        if self.apply and not fresh:
-            # A table or column that existed before this transaction: nobody else writes it until COMMIT.
-            self.cur.execute(pgsql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(self.target))
-        if self.column is None:
-            self._restore_rows(target_columns, columns)
-        else:
-            self._restore_column(fresh)
-        self.report["conflict_rows"] = (
-            self.entry_invalid
-            + self.blocked_rows
-            + abs(archived - self.entry["row_count"])
-            + sum(c["rows"] for c in self.report["conflicts"] if c["kind"] == "column_gone")
-        )
+        return columns
 
     def _stage(self, archive_columns: dict, target_columns: dict, columns: list[str]) -> None:
         """CREATE the staging table: `columns` of the archive, cast to the table's types, valid rows only."""
@@ -511,7 +554,7 @@ class _Entry:
         and the conflicts it finds (among the rows that `present` says would be written)."""
         blocked = []
         for fk in _foreign_keys(self.cur, self.target_oid):
-            if not set(fk.columns) <= set(columns) or (self.column and self.column not in fk.columns):
+            if not set(fk.columns) <= set(columns) or (self.values and not set(self.values) & set(fk.columns)):
                 continue
             ref = _qualified(self.cur, fk.ref_oid)
             ok = pgsql.SQL("({} OR EXISTS (SELECT 1 FROM {} r WHERE {}){})").format(
@@ -548,7 +591,7 @@ class _Entry:
             self.conflict("missing_reference", rows, keys, constraint=fk.name)
             blocked.append(condition)
         for name, unique_columns in _unique_indexes(self.cur, self.target_oid):
-            if not set(unique_columns) <= set(columns) or (self.column and self.column not in unique_columns):
+            if not set(unique_columns) <= set(columns) or (self.values and not set(self.values) & set(unique_columns)):
                 continue
             if set(unique_columns) <= set(self.keys):
                 continue  # the key itself: that is what `present` is about
@@ -626,11 +669,13 @@ class _Entry:
                 (sequence,),
             )
 
-    def _restore_column(self, fresh: bool) -> None:
-        column = self.column
+    def _restore_values(self, fresh: bool) -> None:
+        """The archived values of `self.values` written back by key where `fresh` (a column this transaction
+        created); elsewhere only compared: a different value is a conflict, a missing row too."""
+        values = self.values
         has_key = pgsql.SQL("EXISTS (SELECT 1 FROM {} t WHERE {})").format(self.target, _match("t", "s", self.keys))
         same = pgsql.SQL("EXISTS (SELECT 1 FROM {} t WHERE {} AND {})").format(
-            self.target, _match("t", "s", self.keys), _same("t", "s", [column])
+            self.target, _match("t", "s", self.keys), _same("t", "s", values)
         )
         missing = pgsql.SQL("NOT ") + has_key
         rows = self._count(pgsql.SQL("SELECT count(*) FROM {} s WHERE {}").format(self.stage, missing))
@@ -645,7 +690,7 @@ class _Entry:
             self.conflict("different", count, self._keys(self.stage, "s", self.keys, different) if count else [])
             self.blocked_rows = blocked_rows + count
             return
-        blocked = self._blocked([*self.keys, column], different)
+        blocked = self._blocked([*self.keys, *values], different)
         self.blocked_rows = blocked_rows + self._count(
             pgsql.SQL("SELECT count(*) FROM {} s WHERE {} AND {}").format(self.stage, different, blocked)
         )
@@ -656,16 +701,14 @@ class _Entry:
             )
             return
         self.cur.execute(
-            pgsql.SQL(
-                "UPDATE {} AS t SET {} = s.{} FROM {} s WHERE {} AND t.{}::text IS DISTINCT FROM s.{}::text AND NOT {}"
-            ).format(
+            pgsql.SQL("UPDATE {} AS t SET {} FROM {} s WHERE {} AND NOT {} AND NOT {}").format(
                 self.target,
-                pgsql.Identifier(column),
-                pgsql.Identifier(column),
+                pgsql.SQL(", ").join(
+                    pgsql.SQL("{} = s.{}").format(pgsql.Identifier(c), pgsql.Identifier(c)) for c in values
+                ),
                 self.stage,
                 _match("t", "s", self.keys),
-                pgsql.Identifier(column),
-                pgsql.Identifier(column),
+                _same("t", "s", values),
                 blocked,
             )
         )

@@ -86,6 +86,22 @@ def record_rollback_point(cursor, *, revision, fingerprint, error_rate_baseline,
     return _point(cursor.fetchone())
 
 
+def project_heads(params: dict) -> tuple[list[str], object]:
+    """(the migrations' heads, a function reading a database's current revisions) for the params' tool.
+
+    alembic: the project's heads and its version table (as its env.py configures it). EF Core: the
+    newest migration the `script` (if given) knows, and "__EFMigrationsHistory"."""
+    if params.get("tool") == "efcore":
+        from ansible.module_utils.efcore import history_heads, read_history_revisions  # noqa: PLC0415
+
+        return history_heads(params.get("script")), read_history_revisions
+    from ansible.module_utils.schema_alembic import _project, heads, version_table  # noqa: PLC0415
+
+    cfg, script = _project(params.get("script_location"), params.get("version_locations"), params.get("config_file"))
+    version = version_table(cfg, script)
+    return heads(script), lambda cursor: read_revisions(cursor, version)
+
+
 def state_defaults() -> dict:
     return {
         "name": None,
@@ -102,6 +118,7 @@ def state_defaults() -> dict:
         "application_name": APPLICATION_NAME,
         "connect_timeout": 10,
         "require_verified_tls": False,  # a production-like environment: sslmode=verify-full or refuse
+        "reader": None,  # function(cursor) -> current revisions (None without a version table)
     }
 
 
@@ -135,7 +152,7 @@ def read_state(job: dict) -> dict:
                 acquire_advisory_lock(conn, float(job["advisory_lock_wait"]))  # released when conn closes
             conn.set_session(isolation_level="REPEATABLE READ", readonly=not record or job["check_mode"])
             with conn.cursor() as cur:
-                revisions = read_revisions(cur)
+                revisions = (job["reader"] or read_revisions)(cur)
                 result["revisions"] = list(revisions or ())
                 result["revision"] = ",".join(revisions) if revisions else None
                 # The fingerprint reads the whole catalog: skipped when the caller only needs the

@@ -16,15 +16,23 @@ import contextlib
 import io
 import os
 
-from ansible.module_utils.alembic_runner import heads, load_script, new_run_id, revert_database, revert_databases
-from ansible.module_utils.pg_session import DSN_ENV_VAR
+from ansible.module_utils.alembic_runner import HAS_ALEMBIC, new_run_id, revert_database, revert_databases
+from ansible.module_utils.pg_session import DSN_ENV_VAR, HAS_PSYCOPG2
 from ansible.module_utils.runbook_plugin import NO_LOG_VALUES_KEY
 from ansible.module_utils.schema_errors import SchemaError
-from ansible.module_utils.schema_rollback_points import read_state, read_states
+from ansible.module_utils.schema_rollback_points import project_heads, read_state, read_states
+from ansible.module_utils.sql_analysis import HAS_PGLAST
 
+if not (HAS_ALEMBIC and HAS_PSYCOPG2 and HAS_PGLAST):  # the plugin then says which library is missing
+    raise ImportError("alembic, SQLAlchemy, psycopg2 or pglast is not installed")
+
+REQUIRES = "alembic, SQLAlchemy, psycopg2 and pglast"
 MIGRATION_JOB_OPTIONS = (
+    "tool",
+    "config_file",
     "script_location",
     "version_locations",
+    "script",
     "revision",
     "lock_timeout",
     "lock_attempts",
@@ -33,11 +41,13 @@ MIGRATION_JOB_OPTIONS = (
     "statement_timeout",
     "advisory_lock_wait",
     "archive",
+    "accept_data_statements",
     "application_name",
     "connect_timeout",
     "require_verified_tls",
 )
 STATE_JOB_OPTIONS = (
+    "tool",
     "record_rollback_point",
     "fingerprint",
     "error_rate_baseline",
@@ -135,6 +145,7 @@ def run_schema_migration(params: dict, check_mode: bool = False, diff: bool = Fa
     extra = {
         "run_id": base["run_id"],
         "to_revision": next((r.get("to_revision") for r in results if not r["failed"]), None),
+        "accepted_data_statements": sorted(set(base.get("accept_data_statements") or [])),
     }
     summary = _summary(results, "revert", extra)
     if not summary.get("failed"):
@@ -149,11 +160,11 @@ def run_schema_migration(params: dict, check_mode: bool = False, diff: bool = Fa
 def run_schema_state(params: dict, check_mode: bool = False, diff: bool = False) -> dict:
     """The schema_state plugin (see its documentation)."""
     try:
-        script_heads = heads(load_script(params["script_location"], params["version_locations"]))
+        script_heads, reader = project_heads(params)
     except SchemaError as exc:
         return {"changed": False, "failed": True, "msg": str(exc)}
     base = {key: params[key] for key in STATE_JOB_OPTIONS}
-    base["check_mode"] = check_mode
+    base.update(check_mode=check_mode, reader=reader)
     if params["databases"] is None:
         dsn = params["dsn"] or os.environ.get(DSN_ENV_VAR)
         result = _single(read_state({**base, "dsn": dsn}), dsn)

@@ -46,25 +46,15 @@ import os
 import time
 
 try:
-    from alembic.runtime.environment import EnvironmentContext
+    from alembic.config import Config
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
 
     HAS_ALEMBIC = True
 except ImportError:  # pragma: no cover - the module reports missing_required_lib
     HAS_ALEMBIC = False
 
-from ansible.module_utils.alembic_runner import (
-    BASE,
-    _config,
-    ancestors,
-    backoff_seconds,
-    database_budget,
-    heads,
-    load_script,
-    new_run_id,
-    read_revisions,
-    resolve_target,
-    validate_job,
-)
+from ansible.module_utils.alembic_runner import ForeignConnection, database_budget
 from ansible.module_utils.pg_session import (
     DSN_ENV_VAR,
     QUERY_CANCELED,
@@ -80,6 +70,19 @@ from ansible.module_utils.pg_session import (
     sqlalchemy_connection,
 )
 from ansible.module_utils.runbook_plugin import NO_LOG_VALUES_KEY
+from ansible.module_utils.schema_alembic import (
+    BASE,
+    ENV_PY_FIX,
+    _escape,
+    _project,
+    _run_env,
+    ancestors,
+    env_py_reads_connection,
+    heads,
+    read_revisions,
+    resolve_target,
+    version_table,
+)
 from ansible.module_utils.schema_errors import LockTimeoutExhausted, MigrationFailed, RefusedError, SchemaError
 from ansible.module_utils.schema_restore import (
     RestoreConflicts,
@@ -93,6 +96,7 @@ from ansible.module_utils.schema_restore import (
     restore_order,
     target_exists,
 )
+from ansible.module_utils.schema_revert import backoff_seconds, new_run_id, validate_job
 from ansible.module_utils.schema_tasks import duplicate_names
 from ansible.module_utils.worker_pool import run_jobs
 
@@ -102,6 +106,8 @@ def upgrade_job_defaults() -> dict:
     return {
         "name": None,
         "dsn": None,
+        "tool": "alembic",  # only alembic: an EF Core up script commits per migration (see _upgrade)
+        "config_file": None,  # an alembic.ini or pyproject.toml ([tool.alembic]); else script_location
         "script_location": "migrations",
         "version_locations": None,
         "revision": "heads",
@@ -173,17 +179,48 @@ def _revision_value(revisions) -> str | None:
     return ",".join(sorted(revisions)) if revisions else None
 
 
-def _run_upgrade(script, conn, destination: str) -> None:
-    """alembic's `upgrade` on the caller's connection, inside the caller's transaction."""
-    cfg = _config(script, connection=conn)
-    with EnvironmentContext(
-        cfg,
-        script,
-        fn=lambda rev, _ctx: script._upgrade_revs(destination, rev),
-        as_sql=False,
-        destination_rev=destination,
-    ):
-        script.run_env()
+def _run_upgrade(project, script, conn, destination: str) -> None:
+    """alembic's `upgrade` on the caller's connection, inside the caller's transaction, the way the revert runs
+    its downgrade (alembic_runner.AlembicTool.run): env.py gets the connection in config.attributes, and any
+    connection of its own is refused before its first statement."""
+    cfg = Config(file_=project.config_file_name, toml_file=project.toml_file_name)
+    for key, value in project.get_section(project.config_ini_section, {}).items():
+        cfg.set_main_option(key, _escape(value))
+    cfg.attributes.update(connection=conn, configure_logger=False)
+    own = conn.engine
+
+    def refuse_foreign(connection, *_args) -> None:
+        if connection.engine is not own:
+            raise ForeignConnection(
+                f"{os.path.join(script.dir, 'env.py')} opened a database connection of its own; the upgrade runs "
+                "only on the module's connection (config.attributes['connection'], see env_py_fix)"
+            )
+
+    event.listen(Engine, "engine_connect", refuse_foreign)
+    try:
+        _run_env(
+            cfg,
+            script,
+            fn=lambda rev, _ctx: script._upgrade_revs(destination, rev),
+            as_sql=False,
+            destination_rev=destination,
+        )
+    finally:
+        event.remove(Engine, "engine_connect", refuse_foreign)
+
+
+def check_env_py(script) -> None:
+    """Refuse (before any DDL) an env.py that ignores the connection handed to it: its upgrade would run on a
+    connection without the advisory lock and timeouts, and outside the restore's transaction."""
+    env_py = os.path.join(script.dir, "env.py")
+    if not env_py_reads_connection(env_py):
+        error = RefusedError(
+            f"{env_py} ignores the connection the module hands it (config.attributes['connection']), so its upgrade "
+            "would run outside the runbook's guards and the restore's transaction: refused before any DDL; add the "
+            "lines of env_py_fix at the top of run_migrations_online(), then run again."
+        )
+        error.details = {"env_py": env_py, "env_py_fix": ENV_PY_FIX}
+        raise error
 
 
 # -- the restore's part ----------------------------------------------------------------------------
@@ -351,7 +388,14 @@ def _summary(result: dict) -> str:
 
 def _upgrade(job: dict, result: dict) -> None:
     result["run_id"] = job["run_id"]
-    script = load_script(job["script_location"], job["version_locations"])
+    if job["tool"] != "alembic":
+        raise RefusedError(
+            "schema_upgrade upgrades alembic projects: an EF Core database is upgraded by its release's up script "
+            "(deploy.yml with rollback_schema_tool efcore), which commits each migration itself, so the archive "
+            "cannot be restored in its transaction; status.yml lists the archives."
+        )
+    project, script = _project(job["script_location"], job["version_locations"], job["config_file"])
+    version = version_table(project, script)
     destination, targets = resolve_targets(script, job["revision"])
     result["to_revision"] = _revision_value(targets)
     engine, conn = sqlalchemy_connection(
@@ -360,7 +404,7 @@ def _upgrade(job: dict, result: dict) -> None:
     raw = conn.connection.driver_connection
     try:
         with raw.cursor() as cur:
-            current = read_revisions(cur) or ()
+            current = read_revisions(cur, version) or ()
             cur.execute("SELECT pg_backend_pid()")
             pid = cur.fetchone()[0]
         raw.rollback()
@@ -368,7 +412,7 @@ def _upgrade(job: dict, result: dict) -> None:
             waited = acquire_advisory_lock(raw, float(job["advisory_lock_wait"]))
             result["advisory_lock_wait_seconds"] = result["lock_wait_seconds"] = waited
             with raw.cursor() as cur:
-                current = read_revisions(cur) or ()  # again, under the lock
+                current = read_revisions(cur, version) or ()  # again, under the lock
             raw.rollback()
         result["from_revision"] = _revision_value(current)
         check_upgrade(script, current, targets)
@@ -394,14 +438,26 @@ def _upgrade(job: dict, result: dict) -> None:
         if job["check_mode"] or (not steps and not ready):
             result["changed"] = bool(steps or ready)
             return
-        _apply(job, script, conn, pid=pid, current=current, destination=destination, targets=targets, result=result)
+        if steps:
+            check_env_py(script)
+        _apply(
+            job,
+            (project, script, version),
+            conn,
+            pid=pid,
+            current=current,
+            destination=destination,
+            targets=targets,
+            result=result,
+        )
     finally:
         conn.close()  # also releases the session advisory lock
         engine.dispose()
 
 
-def _attempt(job: dict, script, conn, *, destination: str, targets: tuple[str, ...], steps: bool) -> dict:
+def _attempt(job: dict, alembic, conn, *, destination: str, targets: tuple[str, ...], steps: bool) -> dict:
     """One attempt: BEGIN, timeouts, upgrade, restore, COMMIT; the restore's summary. Raises on failure."""
+    project, script, version = alembic
     raw = conn.connection.driver_connection
     trans = conn.begin()
     try:
@@ -410,9 +466,9 @@ def _attempt(job: dict, script, conn, *, destination: str, targets: tuple[str, .
             pending = read_manifest(cur, pending_only=True, for_update=True) if job["restore"] else []
             before = {e["id"]: target_exists(cur, e) for e in pending}
         if steps:
-            _run_upgrade(script, conn, destination)
+            _run_upgrade(project, script, conn, destination)
         with raw.cursor() as cur:
-            reached_now = read_revisions(cur) or ()
+            reached_now = read_revisions(cur, version) or ()
             if set(reached_now) != set(targets):
                 raise MigrationFailed(
                     f"the upgrade ended at {_revision_value(reached_now) or BASE}, not {_revision_value(targets)}"
@@ -428,7 +484,7 @@ def _attempt(job: dict, script, conn, *, destination: str, targets: tuple[str, .
         raise
 
 
-def _apply(job, script, conn, *, pid, current, destination, targets, result) -> None:
+def _apply(job, alembic, conn, *, pid, current, destination, targets, result) -> None:
     lock_timeout, attempts = float(job["lock_timeout"]), int(job["lock_attempts"])
     for attempt in range(1, attempts + 1):
         attempt_started = time.monotonic()
@@ -443,7 +499,7 @@ def _apply(job, script, conn, *, pid, current, destination, targets, result) -> 
         try:
             with watch, contextlib.redirect_stdout(io.StringIO()):
                 summary = _attempt(
-                    job, script, conn, destination=destination, targets=targets, steps=bool(result["steps"])
+                    job, alembic, conn, destination=destination, targets=targets, steps=bool(result["steps"])
                 )
         except Exception as exc:
             seconds = time.monotonic() - attempt_started
@@ -540,6 +596,8 @@ def upgrade_databases(jobs: list[dict], parallel: int = 2, database_timeout: flo
 
 # -- the plugin ------------------------------------------------------------------------------------
 JOB_OPTIONS = (
+    "tool",
+    "config_file",
     "script_location",
     "version_locations",
     "revision",

@@ -2,14 +2,14 @@
 # Copyright: contributors to the emergency-rollback runbook
 # GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Ansible module: the flag kill switch (Unleash, LaunchDarkly or an in-house REST service)."""
+"""Ansible module: the flag kill switch (Unleash, LaunchDarkly, Optimizely or an in-house REST service)."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: feature_flag
-short_description: Turn a feature flag off (or on) in Unleash, LaunchDarkly or an in-house flag service
+short_description: Turn a feature flag off (or on) in Unleash, LaunchDarkly, Optimizely or an in-house flag service
 description:
   - Reads the flag's state in one environment first; if it is already in the requested I(state) nothing
     is written and C(changed) is false.
@@ -25,6 +25,12 @@ description:
   - "LaunchDarkly: REST API v2 semantic patch C(PATCH /api/v2/flags/{project}/{flag}) with
     C(turnFlagOff)/C(turnFlagOn) and the I(comment), state from C(GET /api/v2/flags/{project}/{flag}?env=);
     the change reference is the flag's C(_version)."
+  - "Optimizely Feature Experimentation: the flag's ruleset in the I(environment), disabled with
+    C(POST /flags/v1/projects/{project}/flags/{flag}/environments/{environment}/ruleset/disabled) (C(/enabled) to
+    turn it on), state from C(GET .../ruleset) (C(enabled)); the change reference is the ruleset's C(revision).
+    I(project) is the numeric project id; the token is sent as C(Bearer). Requests are paced under Optimizely's
+    documented limit of two per second. The ruleset calls take no comment; Optimizely's change history records
+    the token's user."
   - "http: the in-house service, by default C(PATCH {api_url}/api/v2/flags/{flag}) with body
     C({\"<flag>\": false}) and C(Authorization: api-key <key>), state read with C(GET) of the same path
     answering C({\"<flag>\": true|false}). Every part of that shape is an option."
@@ -46,30 +52,33 @@ options:
     description: The flag system.
     type: str
     required: true
-    choices: [unleash, launchdarkly, http]
+    choices: [unleash, launchdarkly, optimizely, http]
   api_url:
     description:
       - Base URL of the flag system's API, without a trailing path, e.g. C(https://unleash.example.com)
-        or C(https://app.launchdarkly.com).
+        or C(https://app.launchdarkly.com) or C(https://api.optimizely.com).
     type: str
     required: true
   api_key:
     description:
       - Admin API key. Unleash, an admin token or personal access token; LaunchDarkly, an access token
-        (bare, without C(Bearer)); http, the service's key.
+        (bare, without C(Bearer)); Optimizely, a personal access token whose role may publish the flag
+        (without C(Bearer)); http, the service's key.
       - Falls back to the environment variable C(FF_API_KEY). The module fails if neither is set.
       - Never shown in the output (the argument spec marks it C(no_log)).
     type: str
   flag:
-    description: The flag's name (Unleash) or key (LaunchDarkly).
+    description: The flag's name (Unleash) or key (LaunchDarkly, Optimizely).
     type: str
     required: true
   project:
-    description: Unleash project id or LaunchDarkly project key. Unused by C(http) unless a template uses C({project}).
+    description:
+      - Unleash project id, LaunchDarkly project key or Optimizely's numeric project id. Unused by C(http) unless
+        a template uses C({project}).
     type: str
     default: default
   environment:
-    description: The flag environment to switch (Unleash environment name, LaunchDarkly environment key).
+    description: The flag environment to switch (Unleash environment name, LaunchDarkly or Optimizely environment key).
     type: str
     default: production
   state:
@@ -124,7 +133,9 @@ options:
 notes:
   - "API references followed: Unleash Admin API, https://docs.getunleash.io/api (toggle-feature-environment-off,
     getFeature, searchEvents); LaunchDarkly REST API, https://launchdarkly.com/docs/api (Update feature flag,
-    semantic patch, Rate limiting); the in-house API of SEQ-OF-004."
+    semantic patch, Rate limiting); Optimizely Feature Experimentation REST API,
+    https://docs.developers.optimizely.com/feature-experimentation/reference (fetch_ruleset, disable_ruleset,
+    enable_ruleset, fetch_flag, the overview's rate limit); the in-house API of SEQ-OF-004."
   - "Runs on the controller (it only makes HTTP calls); use C(delegate_to: localhost) and C(run_once) per environment."
 seealso:
   - module: flag_propagation
@@ -152,6 +163,14 @@ EXAMPLES = r"""
     project: default
     environment: production
     comment: "Emergency rollback INC-123 by alice"
+
+- name: Disable it in Optimizely Feature Experimentation (token from FF_API_KEY)
+  feature_flag:
+    provider: optimizely
+    api_url: https://api.optimizely.com
+    flag: data_transformation_feature
+    project: "4678434014625792"
+    environment: production
 
 - name: An in-house service of another shape
   feature_flag:
@@ -207,16 +226,27 @@ attempts:
 change_reference:
   description:
     - The provider's own reference of the change, for correlating the audit with the provider's log
-      (Unleash's event id, LaunchDarkly's flag version); null when nothing was written or the provider
-      reports none (http).
+      (Unleash's event id, LaunchDarkly's flag version, Optimizely's ruleset revision); null when nothing
+      was written or the provider reports none (http).
   returned: success
   type: raw
   sample: 42
 change_reference_kind:
-  description: What I(change_reference) is (C(unleash_event_id), C(launchdarkly_flag_version)) or empty.
+  description: >-
+    What I(change_reference) is (C(unleash_event_id), C(launchdarkly_flag_version), C(optimizely_ruleset_revision))
+    or empty.
   returned: success
   type: str
   sample: unleash_event_id
+confirmed_at:
+  description:
+    - When the flag system confirmed I(state) (UTC, ISO 8601, the controller's clock) - the read-back after a write,
+      or the first read when nothing was written; null in check mode when a change would be made.
+    - Every flag configuration an application fetches after this moment has the flag in I(state); the propagation
+      barrier (C(flag_propagation) with I(fetched_after)) requires such a fetch of every instance.
+  returned: success
+  type: str
+  sample: "2026-11-28T00:58:14.653120+00:00"
 elapsed_seconds:
   description: Seconds from the first read to the confirmed state.
   returned: success

@@ -9,37 +9,56 @@ from __future__ import annotations
 DOCUMENTATION = r"""
 ---
 module: schema_migration
-short_description: Revert an application database to a rollback point with alembic down migrations
+short_description: Revert an application database to a rollback point (alembic or EF Core), archiving what leaves
 description:
-  - Steps 4 and 5 of the emergency rollback. Runs alembic's downgrade through its Python API (never
-    a shell command) from the database's current revision to I(revision), for one database (I(dsn))
-    or many (I(databases)), each in ONE PostgreSQL transaction.
-  - "Order on each database: connect (C(application_name) set); read C(alembic_version); take the
-    runbook's session advisory lock (one constant key, see I(advisory_lock_wait)), waiting at most
-    I(advisory_lock_wait) seconds; read the revision again, so a run that waited for another finds
-    nothing to do; check the target and the plan; then attempts of: C(BEGIN), C(SET LOCAL lock_timeout)
-    and C(statement_timeout), the archive copies and the downgrade, C(COMMIT)."
+  - Steps 4 and 5 of the emergency rollback. Reverts an application database to a rollback point,
+    for one database (O(dsn)) or many (O(databases)), each in ONE PostgreSQL transaction, from the
+    migrations of any alembic project (alembic's downgrade through its Python API, never a shell
+    command) or from an EF Core down script (O(tool=efcore)).
+  - "Order on each database: connect (C(application_name) set); read the current revision (alembic's
+    version table, or EF Core's C(__EFMigrationsHistory)); take the runbook's session advisory lock
+    (one constant key, see O(advisory_lock_wait)), waiting at most O(advisory_lock_wait) seconds; read
+    the revision again, so a run that waited for another finds nothing to do; check the target and
+    the plan; then attempts of: C(BEGIN), C(SET LOCAL lock_timeout) and C(statement_timeout), the
+    downgrade with the archive copies, the reconciliation, C(COMMIT)."
   - A lock timeout (or deadlock) rolls the attempt back and retries after an exponential, jittered
-    backoff, at most I(lock_attempts) times; every attempt has its lock timeout, so live queries
-    never wait behind the module for longer than I(lock_timeout). When all attempts time out the
-    module fails and names the blocking sessions (pid, state, role, application_name, query start
-    and the first 200 characters of the query, from C(pg_blocking_pids)).
-  - "Archive (I(archive=true)): just before a statement drops a table or a column that holds rows,
-    in the same transaction, the table is locked and the rows are copied into
-    C(rollback_archive.\"<run_id>__<table>[__<column>]\") (a column with the table's primary key),
-    listed in C(rollback_archive.manifest). The schema is revoked from PUBLIC and every other
-    grantee: only the migration role (its owner) reads it. A failed downgrade leaves no archive."
-  - "Refuses, changing nothing, with one sentence: a target that is not an ancestor of the current
-    revision (an upgrade or another branch), an unknown or relative revision, a database without
-    C(alembic_version), a symbolic target with multiple heads or a database on several branches,
-    a plan whose sha256 differs from I(expected_sql_sha256), a DSN that does not connect (the
-    message never contains the password)."
+    backoff, at most O(lock_attempts) times; every attempt has its lock timeout, so live queries
+    never wait behind the module for longer than O(lock_timeout). When all attempts time out the
+    module fails and names the blocking sessions (from C(pg_blocking_pids)).
+  - "What a statement does to data is read with PostgreSQL's own parser (pglast), in every statement:
+    the SQL the plan renders, and every statement the apply executes, multi-statement strings, any
+    case, whitespace and comments, quoted and schema-qualified names included. The same code decides
+    for the plan and the apply."
+  - "Archive (O(archive=true)): just before a statement removes rows, in the same transaction, the
+    source is locked and the rows are copied into C(rollback_archive.\"<run_id>__<table>[__<column>]\")
+    and listed in C(rollback_archive.manifest): tables, materialized views and columns dropped (with
+    what C(CASCADE) takes, resolved from C(pg_depend): dependent tables, matviews and columns, not
+    views; the tables of a dropped schema), tables truncated, the rows a C(DELETE ... WHERE) removes,
+    the old values an C(UPDATE ... WHERE) or a column type change rewrites. The schema is revoked from
+    PUBLIC and every other grantee: only the migration role (its owner) reads it."
+  - "Before C(COMMIT) the module compares what was archived with what the plan promised (tables,
+    columns, actions), PostgreSQL's catalog before and after (every table and column gone must have
+    been archived on its way out), the transaction's statistics (rows deleted and updated per table,
+    tables emptied or rewritten) and the archive's row counts with its manifest; any difference rolls
+    the transaction back and fails, naming it. A failed downgrade leaves no archive."
+  - "Refused in the plan (check mode) and before any statement runs, naming the statement: a statement
+    that removes or rewrites rows the archive cannot follow (a C(DO) block, C(CALL), C(MERGE), a call of a
+    volatile function that may write, a C(DELETE) whose foreign keys cascade, a data-modifying C(WITH),
+    anything the parser does not know to keep rows), unless O(accept_data_statements) accepts exactly
+    that statement for that revision; a statement that ends the transaction (C(COMMIT))."
+  - "Refuses, changing nothing, with one sentence: a target that is not below the current revision
+    (an upgrade or another branch), an unknown or relative revision, a database without a version
+    table, a symbolic target with multiple heads or a database on several branches, a plan whose
+    sha256 differs from O(expected_sql_sha256), a DSN that does not connect (the message never
+    contains the password), an alembic C(env.py) that ignores the plugin's connection (see
+    O(config_file)), an EF Core script that is not the down script from the database's migration to
+    O(revision)."
   - Already at the target, nothing is executed and C(changed) is false.
-  - "With I(databases), each database is reverted in a worker process (alembic's C(op) and
+  - "With O(databases), each database is reverted in a worker process (alembic's C(op) and
     C(context) are process-wide), with its own advisory lock and transaction, under a watchdog
-    (I(database_timeout)); the module finishes every database, then fails if any failed, naming which."
-  - "Runs on the controller (C(ansible_connection: local)); needs alembic, SQLAlchemy and psycopg2
-    in the interpreter that runs it."
+    (O(database_timeout)); the module finishes every database, then fails if any failed, naming which."
+  - "Runs on the controller (C(ansible_connection: local)); needs alembic, SQLAlchemy, psycopg2 and
+    pglast in the interpreter that runs it."
 version_added: "0.1.0"
 author:
   - Emergency rollback runbook maintainers (!UNKNOWN)
@@ -48,9 +67,12 @@ attributes:
     support: full
     description: >-
       Returns the plan and changes nothing: C(from_revision), C(to_revision), C(steps), the exact SQL
-      (C(sql), rendered by alembic's offline mode) and its C(sql_sha256), and C(drops), every table and
-      column the downgrade drops with its current row count. Takes no lock but the read locks of
-      the counts, bounded by I(lock_timeout) and I(statement_timeout).
+      (C(sql): alembic's offline rendering, or the EF Core script) and its C(sql_sha256), C(drops), every
+      table, materialized view and column the downgrade removes and every row it deletes or rewrites,
+      with its current row count, and C(data_statements). Fails, listing them, when a statement is
+      refused. Takes no lock but the read locks of the counts, bounded by O(lock_timeout) and
+      O(statement_timeout). Needs no credentials of the alembic project: its C(sqlalchemy.url) is
+      replaced by a bare C(postgresql://) for the offline rendering.
   diff_mode:
     support: none
     description: No diff; check mode returns the plan instead (the SQL, its sha256, the rows each drop would take).
@@ -76,10 +98,21 @@ options:
     type: float
   revision:
     description:
-      - The target, the rollback point's revision id (e.g. C(0001_legacy)), C(base), or C(head)/C(heads)
-        when the script directory has exactly one head. Relative targets (C(-1)) are refused.
+      - "alembic: the target, the rollback point's revision id (e.g. C(0001_legacy)), C(base), or
+        C(head)/C(heads) when the script directory has exactly one head. Relative targets (C(-1)) are refused."
+      - "EF Core: the target MigrationId (e.g. C(20240101090000_Legacy)), or C(0) for an empty database."
     type: str
     required: true
+  script:
+    description:
+      - "EF Core (O(tool=efcore)): the down script, as C(dotnet ef migrations script <Current> <Previous>)
+        emits it for PostgreSQL (Npgsql provider, EF Core 8), not idempotent (no C(--idempotent)). The
+        plugin reads C(__EFMigrationsHistory) for the current migration and checks that the script
+        reverts exactly from it to O(revision), from the history rows it deletes; anything else (an up
+        script, another range, a history that does not match, an idempotent script) is refused. EF's
+        own C(START TRANSACTION;)/C(COMMIT;) are stripped: the script runs in the plugin's one
+        transaction, under the same guards as alembic. The plan's C(sql) and C(sql_sha256) are the script's."
+    type: path
   lock_timeout:
     description:
       - Seconds one attempt waits for any table lock (C(SET LOCAL lock_timeout)); also the longest
@@ -114,9 +147,24 @@ options:
         database missing from it is refused.
     type: raw
   archive:
-    description: Copy the rows of dropped tables and columns into C(rollback_archive) first.
+    description:
+      - Copy the rows each statement removes or rewrites into C(rollback_archive) first (see above).
+      - C(false) drops without copying (the plan still lists what goes, and statements the archive
+        cannot follow are still refused unless accepted).
     type: bool
     default: true
+  accept_data_statements:
+    description:
+      - "Statements the operator accepts although they remove or rewrite rows the archive cannot
+        preserve, each as C(<revision>:<sha256 of the statement>), exactly as the plan's refusal
+        prints it (the sha256 of the statement as PostgreSQL's parser reads it, so spacing, case and
+        comments do not matter). It holds for that statement in that revision only."
+      - "Recorded in the result (RV(accepted_data_statements), and per statement in RV(data_statements))
+        so the audit keeps it; what PostgreSQL saw the accepted statements do is in RV(accepted_effects)."
+      - The rollback passes C(-e rollback_accept_data_statements=<revision>:<sha256>) here.
+    type: list
+    elements: str
+    default: []
   run_id:
     description:
       - Identifies the run in archive table names and the manifest (1-40 characters among letters,
@@ -127,8 +175,12 @@ notes:
     archive copies (whose table names carry the run id) nor the C(SET LOCAL) statements."
   - "For a complete blocking-session report, grant C(pg_read_all_stats) to the migration role: without
     it PostgreSQL hides the query and timestamps of other roles' sessions."
-  - "The archive sees what C(op.drop_table), C(op.drop_column) and literal C(DROP TABLE)/C(ALTER TABLE
-    ... DROP COLUMN) statements drop; a downgrade must not remove data by other means (DELETE, TRUNCATE)."
+  - "A multi-statement string (C(op.execute(\"DROP VIEW v; DROP TABLE a\"))) is run one statement at a
+    time by the plugin, each after its own archive copy."
+  - "A C(DELETE) or C(UPDATE) is archived when its rows can be selected first, exactly: C(DELETE FROM t
+    WHERE p) or C(UPDATE t SET ... WHERE p) where p reads no other relation and calls no volatile
+    function, and no foreign key cascades from t. The table is locked in EXCLUSIVE mode (readers go on,
+    writers wait, bounded by O(lock_timeout)) until the transaction ends."
 seealso:
   - module: schema_state
 """
@@ -159,6 +211,25 @@ EXAMPLES = r"""
     databases: "{{ tenant_databases }}"  # [{name: tenant-1, dsn: "postgresql://migrator@db1/t1"}, ...]
     parallel: 4
     revision: 0001_legacy
+
+- name: Revert a database of any alembic project (its env.py reads config.attributes["connection"])
+  schema_migration:
+    dsn: "{{ db_dsn }}"
+    config_file: "{{ app_repo }}/pyproject.toml"
+    revision: "{{ rollback_point.revision }}"
+
+- name: Revert an EF Core database from the pipeline's down script
+  schema_migration:
+    dsn: "{{ db_dsn }}"
+    tool: efcore
+    script: "{{ artifacts }}/rollback-DataTransformation.sql"  # dotnet ef migrations script <Current> <Previous>
+    revision: 20240101090000_Legacy
+
+- name: Revert although a migration deletes rows the archive cannot select first (accepted, audited)
+  schema_migration:
+    dsn: "{{ db_dsn }}"
+    revision: 0001_legacy
+    accept_data_statements: ["0003_cleanup:3f1c2d0b9e6a..."]  # as the plan's refusal prints it
 
 - name: Rehearse a downgrade that fails halfway (test-only revision)
   schema_migration:
@@ -192,7 +263,8 @@ steps:
   elements: dict
   sample: [{revision: 0002_data_transformation, down_revision: 0001_legacy, doc: "DataTransformationFeature: ..."}]
 sql:
-  description: The exact SQL of the downgrade as alembic renders it offline (empty when nothing to do).
+  description:
+    - The exact SQL of the downgrade as alembic renders it offline, or the EF Core script (empty when nothing to do).
   returned: always
   type: str
 sql_sha256:
@@ -201,12 +273,58 @@ sql_sha256:
   type: str
 drops:
   description:
-    - Every table and column the downgrade drops (check mode, planned; apply, done) with its rows
-      (null when not counted, i.e. I(archive=false)) and, after apply, C(archive_table).
+    - "Everything the downgrade removes or rewrites (check mode, planned; apply, done): C({schema, table,
+      column, rows, action, revision}), C(action) one of C(drop table), C(drop materialized view),
+      C(drop column), C(change column type), C(truncate), C(delete), C(update); C(rows) null when not
+      counted (O(archive=false), or an object an earlier step creates); after apply also
+      C(archive_table) and C(statement_sha256)."
   returned: always
   type: list
   elements: dict
-  sample: [{schema: public, table: documents, column: transform_version, rows: 1200}]
+  sample:
+    - {schema: public, table: documents, column: transform_version, rows: 1200, action: drop column,
+       revision: 0002_data_transformation}
+data_statements:
+  description:
+    - "Every statement that removes or rewrites rows by other means than dropping a table or column
+      (C(DELETE), C(UPDATE), C(TRUNCATE), a column type change, C(DO), a writing function call, ...):
+      C({revision, sha256, statement, archived, accepted, reasons}). C(archived) when the archive
+      copies its rows first; C(accepted) when O(accept_data_statements) accepted it."
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - revision: 0003_cleanup
+      sha256: 3f1c2d...
+      statement: "DELETE FROM settings WHERE origin = 'feature'"
+      archived: true
+      accepted: false
+      reasons: []
+accepted_data_statements:
+  description: O(accept_data_statements) as given (sorted), for the audit.
+  returned: always
+  type: list
+  elements: str
+accepted_effects:
+  description:
+    - "After accepted statements ran, what PostgreSQL's statistics and catalog show they did beyond the
+      archive: C({table, rows_deleted, rows_updated}), or C({table, dropped}) / C({table, rewritten})."
+  returned: always
+  type: list
+  elements: dict
+tool:
+  description: The migration tool (C(alembic) or C(efcore)).
+  returned: always
+  type: str
+env_py:
+  description: The alembic C(env.py) that ignores the plugin's connection.
+  returned: when apply is refused for that reason
+  type: str
+env_py_fix:
+  description: The lines to add at the top of C(run_migrations_online()) in RV(env_py).
+  returned: when apply is refused for that reason
+  type: list
+  elements: str
 attempts:
   description: Downgrade attempts made (0 when nothing was to do).
   returned: always
@@ -231,7 +349,7 @@ duration_seconds:
 archive:
   description:
     - Where the dropped rows went, C({enabled, schema, run_id, tables, rows}); C(tables) lists
-      C({source, archive_table, rows, key_columns}). Null when nothing was applied.
+      C({source, action, archive_table, rows, key_columns}). Null when nothing was applied.
   returned: always
   type: dict
   sample:
@@ -241,6 +359,7 @@ archive:
     rows: 50
     tables:
       - source: public.transformation_jobs
+        action: drop table
         archive_table: rollback_archive."20261128T000000Z-1a2b__transformation_jobs"
         rows: 50
         key_columns: [id]
@@ -282,7 +401,7 @@ PLUGIN = Plugin(
     "schema_migration",
     schema_migration_spec,
     run_schema_migration,
-    requires="alembic, SQLAlchemy and psycopg2",
+    requires="alembic, SQLAlchemy, psycopg2 and pglast",
     import_error=IMPORT_ERROR,
 )
 

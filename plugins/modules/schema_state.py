@@ -41,6 +41,11 @@ options:
     description: Databases read at the same time with I(databases).
     type: int
     default: 4
+  script:
+    description:
+      - EF Core (O(tool=efcore)), an up or down script of C(dotnet ef migrations script) (see
+        M(schema_migration)); RV(heads) is the newest migration it names. Without it RV(heads) is empty.
+    type: path
   record_rollback_point:
     description: Record the current revision and fingerprint as a rollback point first.
     type: bool
@@ -102,7 +107,9 @@ changed:
   returned: always
   type: bool
 revision:
-  description: The current alembic revision (several joined with a comma; null at base or without alembic_version).
+  description:
+    - The current revision (alembic, several joined with a comma; EF Core, the newest applied MigrationId);
+      null at base or without a version table.
   returned: single database
   type: str
   sample: 0002_data_transformation
@@ -112,7 +119,7 @@ revisions:
   type: list
   elements: str
 heads:
-  description: The head revision(s) of the script directory.
+  description: The head revision(s) of the alembic project; for EF Core, the newest migration O(script) names.
   returned: always
   type: list
   elements: str
@@ -157,7 +164,7 @@ PLUGIN = Plugin(
     "schema_state",
     schema_state_spec,
     run_schema_state,
-    requires="alembic, SQLAlchemy and psycopg2",
+    requires="alembic, SQLAlchemy, psycopg2 and pglast",
     import_error=IMPORT_ERROR,
 )
 

@@ -121,6 +121,11 @@ notes:
     the transaction is as long as the upgrade plus the copy of the archived rows."
   - "Where archives stay C(waiting): their C(from_revision) is not below the target (e.g. a partial
     upgrade); a later upgrade restores them."
+  - "By the manifest's C(action): rows of a dropped table, deleted or truncated come back where their
+    key is absent; values an UPDATE rewrote or a type change converted are compared, never written
+    (a difference is a conflict); a materialized view is computed again by the upgrade."
+  - "Alembic projects only (I(tool=alembic)): an EF Core up script commits each migration itself, so
+    no restore can share its transaction; I(tool=efcore) is refused."
   - "The restore stages the archived rows in temporary tables (dropped at COMMIT): the migration role
     needs the C(TEMPORARY) privilege on the database (PUBLIC has it by default)."
 seealso:

@@ -5,6 +5,7 @@ import pytest
 from tests.fakes.app_status import AppStatusFake
 from tests.fakes.inhouse import InHouseFake, ShapedFlagFake
 from tests.fakes.launchdarkly import LaunchDarklyFake
+from tests.fakes.optimizely import OptimizelyFake
 from tests.fakes.tls import make_tls
 
 CANARY = "CANARY-ff-key-7f3a9c1e5b"  # a recognisable secret: it must never show up in any output
@@ -14,6 +15,14 @@ CANARY = "CANARY-ff-key-7f3a9c1e5b"  # a recognisable secret: it must never show
 def ld_fake():
     fake = LaunchDarklyFake(api_key=CANARY)
     fake.add_flag("DataTransformationFeature", environments={"production": True, "test": True})
+    with fake:
+        yield fake
+
+
+@pytest.fixture
+def opt_fake():
+    fake = OptimizelyFake(token=CANARY)
+    fake.add_flag("data_transformation_feature", environments={"production": True, "development": True})
     with fake:
         yield fake
 

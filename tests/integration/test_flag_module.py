@@ -5,7 +5,7 @@ import json
 import pytest
 import yaml
 
-from tests.fakes.fixtures import CANARY, ld_fake  # noqa: F401 - fixture
+from tests.fakes.fixtures import CANARY, ld_fake, opt_fake  # noqa: F401 - fixture
 from tests.fixtures.runner import run_playbook
 
 pytestmark = pytest.mark.integration
@@ -118,4 +118,42 @@ def test_launchdarkly_through_the_module(ld_fake, tmp_path):  # noqa: F811
     assert done["missing flag"]["error_type"] == "FlagNotFound"
     assert "TLS certificate verification is OFF" in json.dumps(done["validate_certs off is warned"].get("warnings"))
     assert "set api_key or the environment variable FF_API_KEY" in done["empty key"]["msg"]
+    assert CANARY not in run.everything()
+
+
+def test_optimizely_through_the_module(opt_fake, tmp_path):  # noqa: F811
+    flag = {
+        "provider": "optimizely",
+        "api_url": opt_fake.url,
+        "flag": "data_transformation_feature",
+        "project": "4678434014625792",
+        "environment": "production",
+        "comment": COMMENT,
+        "max_wait": 20,
+    }
+    playbook = write_playbook(
+        tmp_path / "optimizely.yml",
+        [
+            {"name": "disable", "feature_flag": flag, "diff": True},
+            {"name": "again", "feature_flag": flag},
+            {"name": "project key", "feature_flag": {**flag, "project": "default"}, "ignore_errors": True},
+            {"name": "missing environment", "feature_flag": {**flag, "environment": "qa"}, "ignore_errors": True},
+        ],
+    )
+    opt_fake.fail_next(1, status=503, body={"code": "UNAVAILABLE", "message": f"upstream said {CANARY}"})
+    run = run_playbook(str(playbook), tmp_path / "run", envvars={"FF_API_KEY": CANARY})
+    done = results(run)
+    assert done["disable"]["changed"] is True, run
+    assert (done["disable"]["change_reference"], done["disable"]["change_reference_kind"]) == (
+        2,
+        "optimizely_ruleset_revision",
+    )
+    assert done["disable"]["confirmed_at"].endswith("+00:00")
+    assert done["disable"]["diff"]["after"] == {"state": "disabled"}
+    assert done["again"]["changed"] is False
+    assert "numeric project id" in done["project key"]["msg"]
+    assert done["missing environment"]["error_type"] == "FlagEnvironmentNotFound"
+    assert not opt_fake.is_on("data_transformation_feature")
+    # Each task paces its own requests; tasks back to back may still meet the 2/s limit: retried, not failed.
+    assert len(opt_fake.requests) >= 6 + opt_fake.throttled
     assert CANARY not in run.everything()

@@ -25,7 +25,17 @@ pytestmark = pytest.mark.integration
 FLAG = "DataTransformationFeature"
 PATHS = {"action": {}, "module": {"ansible_connection": "local_as_remote"}}
 # Keys that measure time: they differ between any two runs.
-VOLATILE = {"elapsed_seconds", "duration_seconds", "lock_wait_seconds", "advisory_lock_wait_seconds", "seconds"}
+VOLATILE = {
+    "elapsed_seconds",
+    "duration_seconds",
+    "lock_wait_seconds",
+    "advisory_lock_wait_seconds",
+    "seconds",
+    # moments (the flag confirmed, an instance confirmed or fetching its flags) and what is measured from them
+    "confirmed_at",
+    "last_refresh",
+    "last_confirmed_after_flag_seconds",
+}
 
 
 def tasks_on_both_paths(tasks: list[dict]) -> list[dict]:

@@ -166,6 +166,10 @@ def test_rollback_reverts_verifies_notifies_and_audits(deployed, playbook):
     assert str(record["awx_job_id"]) == "4242"
     assert record["environment"] == "local"
     assert record["flag"]["previous_state"] == "enabled" and record["flag"]["state"] == "disabled"
+    # Every instance Prometheus scrapes was confirmed on legacy, each with a flag fetch after the flag went off.
+    assert record["propagation"]["discovered_in"] == "Prometheus job transformation-engine"
+    assert sorted(record["propagation"]["instances"]) == ["app-1", "app-2"]
+    assert float(record["propagation"]["last_confirmed_after_flag_seconds"]) >= 1.0  # the clock skew allowance
     db = record["databases"]["local-app"]
     assert (db["revision_before"], db["revision_after"]) == (FEATURE, LEGACY)
     assert db["sql_sha256"] == record["plan"]["local-app"]["sql_sha256"]
@@ -310,6 +314,20 @@ def test_propagation_timeout_leaves_flag_off_and_schema_untouched(deployed, play
     assert end_record(run)["outcome"] == "failed at propagation"
 
 
+def test_an_unreachable_discovery_source_stops_before_the_schema(deployed, playbook):
+    """Prometheus lists the live instances: when it cannot be asked, nothing proves that every instance
+    switched, so the schema step does not start (the flag stays off)."""
+    stack = deployed
+    run = rollback(
+        playbook, stack, envvars={"PROMETHEUS_URL": f"http://127.0.0.1:{free_port()}"}, rollback_propagation_timeout=2
+    )
+    assert run.rc != 0
+    assert "the instances could not be discovered: cannot ask Prometheus job transformation-engine" in run.stdout, run
+    assert not flag_enabled(stack)
+    assert revision(stack) == FEATURE
+    assert end_record(run)["outcome"] == "failed at propagation"
+
+
 def test_a_plan_that_changed_after_preflight_is_refused(deployed, playbook, status_fake, tmp_path):
     """Someone moves the database while the rollback waits for propagation: the approved plan no longer holds."""
     stack = deployed
@@ -395,6 +413,8 @@ def test_prometheus_down_at_verify_fails_clearly_and_undoes_nothing(deployed, pl
         envvars={"PROMETHEUS_URL": f"http://127.0.0.1:{free_port()}"},
         rollback_verify_error_rate_wait=2,
         rollback_verify_error_rate_interval=1,
+        # The barrier would stop at Prometheus first (its discovery source): ask only the configured list here.
+        rollback_propagation_discovery={},
     )
     assert run.rc != 0
     assert "Verification inconclusive after" in run.stdout and "did not answer" in run.stdout, run

@@ -50,9 +50,24 @@ def test_check_mode_returns_the_plan_and_changes_nothing(app_db):
     assert "DROP TYPE transformation_stage;" in result["sql"]
     assert result["sql_sha256"] == hashlib.sha256(result["sql"].encode()).hexdigest()
     assert result["drops"] == [
-        {"schema": "public", "table": "documents", "column": "transform_version", "rows": 40},
-        {"schema": "public", "table": "transformation_jobs", "column": None, "rows": 20},
+        {
+            "schema": "public",
+            "table": "documents",
+            "column": "transform_version",
+            "rows": 40,
+            "action": "drop column",
+            "revision": HEAD,
+        },
+        {
+            "schema": "public",
+            "table": "transformation_jobs",
+            "column": None,
+            "rows": 20,
+            "action": "drop table",
+            "revision": HEAD,
+        },
     ]
+    assert result["data_statements"] == []
     assert result["attempts"] == 0 and result["archive"] is None
     _unchanged(app_db, before, HEAD)
 

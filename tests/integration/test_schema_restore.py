@@ -13,13 +13,14 @@ import threading
 import psycopg2
 import pytest
 
-from tests.fixtures.schema import HEAD, LEGACY, MIGRATIONS, ROOT, VERSIONS, AppDatabase, revert
+from tests.fixtures.schema import DATA_LOSS_VERSIONS, HEAD, LEGACY, MIGRATIONS, ROOT, VERSIONS, AppDatabase, revert
 
 pytestmark = pytest.mark.integration
 
 SHAPES = ROOT / "tests" / "data" / "restore_versions"
 SHAPES_HEAD = "0003_restore_shapes"
 LOCATIONS = [str(VERSIONS), str(SHAPES)]
+LOSS_LOCATIONS = [str(VERSIONS), str(DATA_LOSS_VERSIONS)]
 CANARY = "Canary-Personal-Data-51c2"  # stands for a customer's data: never in a result or message
 
 JOBS = (
@@ -457,3 +458,65 @@ def test_refusals_change_nothing(app_db):
     for message in (downgrade["msg"], base["msg"], unknown["msg"]):
         one_sentence(message)
     assert app_db.revision() == HEAD
+
+
+# -- what else a downgrade removes (wp-schema's archive: rows deleted, values rewritten, matviews) -----
+def _stamp(db: AppDatabase, revision: str) -> None:
+    """The database back at `revision` without running its upgrade (whose CREATE statements would collide with
+    what the downgrade left): an upgrade that recreates nothing the archive holds."""
+    db.query("UPDATE alembic_version SET version_num = %s", (revision,))
+
+
+def test_rows_a_downgrade_deleted_come_back_where_their_key_is_absent(app_db):
+    app_db.upgrade("dl_delete_where", [VERSIONS, DATA_LOSS_VERSIONS])
+    settings = "SELECT md5(string_agg(format('%s|%s|%s', id, origin, value), ',' ORDER BY id)) FROM dl_settings"
+    before = checksum(app_db, settings)
+    reverted = revert(app_db, run_id="rb-del", revision=HEAD, version_locations=LOSS_LOCATIONS)
+    assert not reverted["failed"], reverted["msg"]
+    assert app_db.count("dl_settings") == 8
+    _stamp(app_db, "dl_delete_where")
+
+    result = upgrade(app_db, revision="dl_delete_where", version_locations=LOSS_LOCATIONS)
+
+    assert not result["failed"], result["msg"]
+    assert result["steps"] == [] and checksum(app_db, settings) == before
+    [archive] = result["restore"]["archives"]
+    assert (archive["action"], archive["restored"], archive["conflict_rows"]) == ("delete", 4, 0)
+
+
+def test_values_a_downgrade_rewrote_are_never_overwritten_only_reported(app_db):
+    app_db.upgrade("dl_update", [VERSIONS, DATA_LOSS_VERSIONS])
+    assert not revert(app_db, run_id="rb-upd", revision=HEAD, version_locations=LOSS_LOCATIONS)["failed"]
+    app_db.query("UPDATE dl_profiles SET mode = 'v2', tuned = '{\"k\": 2}' WHERE id = 2")  # as it was: no conflict
+    _stamp(app_db, "dl_update")
+    rewritten = app_db.query("SELECT id, mode, tuned FROM dl_profiles ORDER BY id")
+
+    refused = upgrade(app_db, revision="dl_update", version_locations=LOSS_LOCATIONS)
+
+    assert refused["failed"] is True
+    [archive] = refused["restore"]["archives"]
+    assert archive["action"] == "update" and archive["already_present"] == 1
+    assert conflicts_by_kind(refused)[("public.dl_profiles", "different")]["keys"] == [
+        "id=4",
+        "id=6",
+        "id=8",
+        "id=10",
+    ]
+    accepted = upgrade(app_db, revision="dl_update", version_locations=LOSS_LOCATIONS, accept_conflicts=["rb-upd"])
+    assert not accepted["failed"], accepted["msg"]
+    assert app_db.query("SELECT id, mode, tuned FROM dl_profiles ORDER BY id") == rewritten
+
+
+def test_a_materialized_view_is_computed_again_not_restored(app_db):
+    app_db.upgrade("dl_matview", [VERSIONS, DATA_LOSS_VERSIONS])
+    counts = app_db.query("SELECT stage, n FROM dl_stage_counts ORDER BY stage")
+    assert not revert(app_db, run_id="rb-mv", revision=HEAD, version_locations=LOSS_LOCATIONS)["failed"]
+
+    result = upgrade(app_db, revision="dl_matview", version_locations=LOSS_LOCATIONS)
+
+    assert not result["failed"], result["msg"]
+    [archive] = result["restore"]["archives"]
+    assert archive["action"] == "drop materialized view" and archive["conflict_rows"] == 0
+    assert "computed again" in archive["note"]
+    assert app_db.query("SELECT stage, n FROM dl_stage_counts ORDER BY stage") == counts
+    assert restored_entries(app_db) == 1

@@ -66,6 +66,7 @@ SECRETS = {
     "PGPASSWORD": "canary-pg-77a2d0",
     "ROLLBACK_DB_DSN": "postgresql://migrator:canary-dsn-5b8e41@db.example.com/app",
     "ROLLBACK_AUDIT_PG_DSN": "postgresql://auditor:canary-audit-0d6f13@audit.example.com/audit",
+    "ROLLBACK_DISCOVERY_TOKEN": "canary-discovery-8c3d5a",
     "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T000/B000/canary-slack-c0ffee",
     "SMTP_USERNAME": "canary-smtp-user-6a0b",
     "SMTP_PASSWORD": "canary-smtp-pass-2f95",
@@ -291,7 +292,13 @@ def test_credential_types_inject_every_interface_secret_as_env_only():
             assert used and used <= set(fields), f"{name} uses {sorted(used)}, fields are {sorted(fields)}"
             assert all(fields[field].get("secret") is True for field in used), f"{name} comes from a non-secret field"
             injected.add(name)
-    assert interface_secrets() == {"FF_API_KEY", "PGPASSWORD", "ROLLBACK_DB_DSN", "SLACK_WEBHOOK_URL"}
+    assert interface_secrets() == {
+        "FF_API_KEY",
+        "PGPASSWORD",
+        "ROLLBACK_DB_DSN",
+        "ROLLBACK_DISCOVERY_TOKEN",
+        "SLACK_WEBHOOK_URL",
+    }
     # ... and those the playbook's parts read from the environment beside them: the audit
     # callback's PostgreSQL copy and the notify role's SMTP login.
     assert injected == interface_secrets() | {"ROLLBACK_AUDIT_PG_DSN", "SMTP_USERNAME", "SMTP_PASSWORD"}

@@ -1,6 +1,5 @@
 """http_client: the retry policy, rate-limit headers, TLS verification and secret redaction."""
 
-import time
 from email.utils import formatdate
 
 import pytest
@@ -17,6 +16,7 @@ from ansible.module_utils.http_client import (
 
 from rehearsal.postgres import free_port
 from tests.fakes.base import FakeApi, Request
+from tests.fakes.clock import FakeClock
 from tests.fakes.fixtures import CANARY, tls_files  # noqa: F401 - fixture
 
 
@@ -51,8 +51,8 @@ class Sleeps:
 def test_retry_after_seconds_and_http_date():
     assert parse_retry_after("3") == 3.0
     assert parse_retry_after(" 0 ") == 0.0
-    now = time.time()
-    assert parse_retry_after(formatdate(now + 10, usegmt=True), now=now) == pytest.approx(10, abs=1)
+    now = 1_800_000_000.0
+    assert parse_retry_after(formatdate(now + 10, usegmt=True), now=now) == 10.0
     assert parse_retry_after(formatdate(now - 10, usegmt=True), now=now) == 0.0
     assert parse_retry_after("soon") is None
     assert parse_retry_after(None) is None
@@ -98,19 +98,28 @@ def test_429_waits_what_retry_after_says(echo):
     assert sleeps.waits == [2.0]
 
 
+NOW = 1_800_000_000.0  # the wall clock the client reads rate-limit moments against (injected)
+
+
 def test_429_waits_until_x_ratelimit_reset_in_epoch_milliseconds(echo):
-    reset_ms = int((time.time() + 3) * 1000)
-    echo.fail_next(1, status=429, headers={"X-Ratelimit-Reset": str(reset_ms)})
+    echo.fail_next(1, status=429, headers={"X-Ratelimit-Reset": str(int((NOW + 3) * 1000))})
     sleeps = Sleeps()
-    HttpClient(max_wait=30, sleep=sleeps).request("GET", echo.url + "/x")
-    assert sleeps.waits[0] == pytest.approx(3, abs=0.5)
+    HttpClient(max_wait=30, sleep=sleeps, wall_clock=lambda: NOW).request("GET", echo.url + "/x")
+    assert sleeps.waits == [3.0]
+
+
+def test_429_waits_until_a_retry_after_http_date(echo):
+    echo.fail_next(1, status=429, headers={"Retry-After": formatdate(NOW + 5, usegmt=True)})
+    sleeps = Sleeps()
+    HttpClient(max_wait=30, sleep=sleeps, wall_clock=lambda: NOW).request("GET", echo.url + "/x")
+    assert sleeps.waits == [5.0]
 
 
 def test_the_longer_of_both_rate_limit_headers_wins(echo):
-    echo.fail_next(1, status=429, headers={"Retry-After": "1", "X-Ratelimit-Reset": str(int((time.time() + 4) * 1000))})
+    echo.fail_next(1, status=429, headers={"Retry-After": "1", "X-Ratelimit-Reset": str(int((NOW + 4) * 1000))})
     sleeps = Sleeps()
-    HttpClient(max_wait=30, sleep=sleeps).request("GET", echo.url + "/x")
-    assert sleeps.waits[0] == pytest.approx(4, abs=0.5)
+    HttpClient(max_wait=30, sleep=sleeps, wall_clock=lambda: NOW).request("GET", echo.url + "/x")
+    assert sleeps.waits == [4.0]
 
 
 def test_a_wait_beyond_max_wait_is_not_started(echo):
@@ -126,12 +135,15 @@ def test_a_wait_beyond_max_wait_is_not_started(echo):
 
 def test_retries_stop_within_max_wait(echo):
     echo.fail_next(100, status=500)
-    started = time.monotonic()
+    clock = FakeClock()
+    started = clock()
     with pytest.raises(HttpGaveUp) as caught:
-        HttpClient(max_wait=1.5).request("GET", echo.url + "/x")
-    assert time.monotonic() - started < 1.5 + 2.0  # the budget, plus one request's time
-    assert caught.value.attempts >= 2
-    assert "max_wait (1.5s) is spent" in str(caught.value)
+        HttpClient(max_wait=10, clock=clock, sleep=clock.sleep).request("GET", echo.url + "/x")
+    assert clock() - started <= 10  # every wait ended within the budget, on the injected clock...
+    assert sum(clock.sleeps) == pytest.approx(clock() - started)
+    assert caught.value.attempts == len(clock.sleeps) + 1 == len(echo.requests)
+    assert caught.value.attempts >= 3  # ...and the budget was used: backoff 0.25-0.5 s, doubling, capped at 8 s
+    assert "max_wait (10s) is spent" in str(caught.value)
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 409, 422])

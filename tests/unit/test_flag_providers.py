@@ -1,7 +1,6 @@
 """The kill switch against the LaunchDarkly and in-house contract fakes (Unleash runs for real: integration)."""
 
 import json
-import time
 
 import pytest
 import requests
@@ -21,6 +20,7 @@ from ansible.module_utils.flag_providers import (
 from ansible.module_utils.flag_switch import switch_flag
 from ansible.module_utils.http_client import USER_AGENT, HttpClient
 
+from tests.fakes.clock import FakeClock
 from tests.fakes.fixtures import CANARY, inhouse_fake, ld_fake, shaped_fake  # noqa: F401 - fixtures
 
 COMMENT = "Emergency rollback INC-123 by alice: go/no-go failed"
@@ -166,22 +166,25 @@ def test_launchdarkly_429_waits_what_retry_after_says(ld_fake):  # noqa: F811
     provider = ld(ld_fake)
     provider.read()  # the first read passes; the next two calls (the write) are rate limited
     ld_fake.fail_next(2, status=429, headers={"Retry-After": "1"}, body={"code": "rate_limited", "message": "x"})
-    started = time.monotonic()
+    clock = FakeClock()
+    provider.client.sleep = clock.sleep
     written = provider.write(False, COMMENT)
     assert written.attempts == 3
-    assert time.monotonic() - started >= 1.9  # two waits of one second, as the header asked
+    assert clock.sleeps == [1.0, 1.0]  # two waits of one second, as the header asked
     assert not ld_fake.is_on("DataTransformationFeature")
 
 
 def test_launchdarkly_429_waits_until_the_rate_limit_window_resets(ld_fake):  # noqa: F811
-    provider = ld(ld_fake)
+    clock = FakeClock(start=1_800_000_000.0)
+    provider = ld(ld_fake, sleep=clock.sleep, wall_clock=clock)
     provider.read()
-    reset_at = time.time() + 1.2
-    headers = {"X-Ratelimit-Reset": str(int(reset_at * 1000)), "X-Ratelimit-Global-Remaining": "0"}
+    headers = {"X-Ratelimit-Reset": str(int((clock() + 1.2) * 1000)), "X-Ratelimit-Global-Remaining": "0"}
     ld_fake.fail_next(2, status=429, headers=headers, body={"code": "rate_limited", "message": "x"})
     written = provider.write(False, COMMENT)
     assert written.attempts == 3
-    assert time.time() >= reset_at - 0.01  # the accepted write came after the window reset (epoch ms)
+    # The first wait lasts until the window resets (epoch ms); the second 429 names a past moment: a short pause.
+    assert clock.sleeps[0] == pytest.approx(1.2)
+    assert clock.sleeps[1] == 0.05
     assert not ld_fake.is_on("DataTransformationFeature")
 
 

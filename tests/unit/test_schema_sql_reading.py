@@ -1,5 +1,7 @@
-"""The pure-Python parts of the schema revert: reading drops out of SQL, names, secrets, options, targets."""
+"""The pure-Python parts of the schema revert: reading SQL with PostgreSQL's parser, names, secrets,
+options, targets."""
 
+import hashlib
 import random
 from pathlib import Path
 
@@ -13,14 +15,9 @@ from ansible.module_utils.alembic_runner import (
     validate_job,
 )
 from ansible.module_utils.pg_session import ADVISORY_LOCK_KEY, MASK, advisory_key, describe_dsn, dsn_secrets, redact
-from ansible.module_utils.schema_archive import (
-    Drop,
-    archive_table_name,
-    drops_in_script,
-    find_drops,
-    split_statements,
-)
+from ansible.module_utils.schema_archive import archive_table_name
 from ansible.module_utils.schema_errors import RefusedError
+from ansible.module_utils.sql_analysis import SqlAnalysisError, analyze
 
 ROOT = Path(__file__).resolve().parents[2]
 MIGRATIONS = ROOT / "migrations"
@@ -28,49 +25,131 @@ FAULTY = ROOT / "tests" / "data" / "faulty_versions"
 BRANCHED = ROOT / "tests" / "data" / "branched_versions"
 
 
-# -- what a statement drops ------------------------------------------------------------------------
+def _effects(sql: str) -> list[tuple]:
+    """(kind, objtype, name, column, cascade, missing_ok) of every effect of every statement."""
+    return [(e.kind, e.objtype, e.name, e.column, e.cascade, e.missing_ok) for s in analyze(sql) for e in s.effects]
+
+
+# -- what a statement does to data (pglast: PostgreSQL's own parser) -----------------------------------
 @pytest.mark.parametrize(
-    ("statement", "drops"),
+    ("sql", "effects"),
     [
-        ("DROP TABLE transformation_jobs", [Drop("transformation_jobs")]),
-        ('\nDROP TABLE IF EXISTS public.jobs, "Audit Log" CASCADE', [Drop("public.jobs"), Drop('"Audit Log"')]),
-        ("drop table Jobs", [Drop("jobs")]),
-        ("ALTER TABLE documents DROP COLUMN transform_version", [Drop("documents", "transform_version")]),
-        ("ALTER TABLE ONLY documents DROP transform_version", [Drop("documents", "transform_version")]),
+        ("DROP TABLE transformation_jobs", [("drop", "table", ("transformation_jobs",), None, False, False)]),
+        (
+            '\nDROP TABLE IF EXISTS public.jobs, "Audit Log" CASCADE',
+            [
+                ("drop", "table", ("public", "jobs"), None, True, True),
+                ("drop", "table", ("Audit Log",), None, True, True),
+            ],
+        ),
+        ("drop\n  table  Public.Jobs", [("drop", "table", ("public", "jobs"), None, False, False)]),
+        ("/* DROP TABLE x */ DrOp TaBlE y -- z", [("drop", "table", ("y",), None, False, False)]),
+        (
+            "DROP VIEW v; DROP TABLE a; drop table b",
+            [
+                ("drop", "view", ("v",), None, False, False),
+                ("drop", "table", ("a",), None, False, False),
+                ("drop", "table", ("b",), None, False, False),
+            ],
+        ),
+        (
+            "ALTER TABLE documents DROP COLUMN transform_version",
+            [
+                ("drop_column", "table", ("documents",), "transform_version", False, False),
+            ],
+        ),
         (
             'ALTER TABLE IF EXISTS s."Docs" DROP COLUMN IF EXISTS "Mixed", ADD COLUMN x int, DROP y CASCADE',
-            [Drop('s."Docs"', "Mixed"), Drop('s."Docs"', "y")],
+            [
+                ("drop_column", "table", ("s", "Docs"), "Mixed", False, True),
+                ("drop_column", "table", ("s", "Docs"), "y", True, True),
+            ],
         ),
+        ("ALTER TABLE t ALTER COLUMN c TYPE int USING c::int", [("alter_type", "table", ("t",), "c", False, False)]),
+        ("DROP MATERIALIZED VIEW mv", [("drop", "matview", ("mv",), None, False, False)]),
+        ("DROP SCHEMA feature CASCADE", [("drop", "schema", ("feature",), None, True, False)]),
+        ("DROP TYPE stage CASCADE", [("drop", "type", ("stage",), None, True, False)]),
+        ("TRUNCATE a", [("truncate", "table", ("a",), None, False, False)]),
+        ("DELETE FROM jobs WHERE stage = 'failed'", [("delete", "table", ("jobs",), None, False, False)]),
+        ("UPDATE t SET a = 1", [("update", "table", ("t",), None, False, False)]),
+        # Nothing with rows: schema objects only, and commented or quoted look-alikes.
         ("ALTER TABLE documents DROP CONSTRAINT documents_pkey", []),
         ("ALTER TABLE documents ALTER COLUMN status DROP DEFAULT", []),
-        ("ALTER TABLE documents ADD CONSTRAINT c CHECK (a IN (1, 2)), DROP COLUMN b", [Drop("documents", "b")]),
         ("DROP INDEX ix_transformation_jobs_document_stage", []),
-        ("DROP TYPE transformation_stage", []),
-        ("DROP VIEW v", []),
-        ("UPDATE alembic_version SET version_num='0001_legacy'", []),
+        ("DROP TRIGGER t ON x CASCADE", []),
         ("-- DROP TABLE commented\nSELECT 'DROP TABLE nope'", []),
-        ("/* DROP TABLE x */ DROP TABLE y", [Drop("y")]),
+        ("CREATE TABLE x (id int); COMMENT ON TABLE x IS 'drop table y'", []),
     ],
 )
-def test_find_drops(statement, drops):
-    assert find_drops(statement) == drops
+def test_what_each_statement_does(sql, effects):
+    assert _effects(sql) == effects
 
 
-def test_split_statements_respects_quotes_comments_and_dollar_quoting():
-    sql = """BEGIN;
-    DROP TABLE a; -- a comment; with a semicolon
-    DO $$ BEGIN RAISE EXCEPTION 'x; y'; END $$;
-    SELECT 'it''s; fine', "odd;name" FROM t;
-    /* block; /* nested; */ */ COMMIT;"""
-    statements = split_statements(sql)
-    assert len(statements) == 5
-    assert "DO $$ BEGIN RAISE EXCEPTION 'x; y'; END $$" in statements[2]
-    assert "odd;name" in statements[3]
+@pytest.mark.parametrize(
+    ("sql", "reason"),
+    [
+        ("DO $$ BEGIN DELETE FROM x; END $$", "a DO block can do anything"),
+        ("CALL purge()", "CALL runs a procedure"),
+        ("WITH d AS (DELETE FROM t RETURNING *) SELECT 1", "a WITH clause modifies data"),
+        ("INSERT INTO t VALUES (1) ON CONFLICT (id) DO UPDATE SET v = 1", "ON CONFLICT DO UPDATE"),
+        ("MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN DELETE", "MERGE"),
+        ("REFRESH MATERIALIZED VIEW mv", "RefreshMatViewStmt is not known"),
+        ("DROP COLLATION c CASCADE", "what it takes with it is not resolved"),
+    ],
+)
+def test_statements_the_archive_cannot_follow_are_unsafe(sql, reason):
+    [statement] = analyze(sql)
+    assert [e.kind for e in statement.effects] == ["unsafe"]
+    assert reason in statement.effects[0].reason
 
 
-def test_drops_in_the_real_downgrade_sql():
+def test_deletes_and_updates_are_archivable_only_when_their_rows_can_be_selected_first():
+    [plain] = analyze("DELETE FROM ONLY public.jobs AS j WHERE j.stage = 'failed'")[0].effects
+    assert plain.archivable and plain.only and plain.alias == "j" and plain.where == "j.stage = 'failed'"
+    [subquery] = analyze("DELETE FROM jobs WHERE id IN (SELECT id FROM other)")[0].effects
+    assert not subquery.archivable and "subquery" in subquery.reason
+    [using] = analyze("DELETE FROM jobs USING other WHERE jobs.id = other.id")[0].effects
+    assert not using.archivable and "USING" in using.reason
+    [update] = analyze("UPDATE t SET a = 1, b = b + 1 WHERE random() < 0.5")[0].effects
+    assert update.archivable and update.set_columns == ("a", "b") and update.where_functions == (("random",),)
+
+
+def test_function_calls_are_listed_for_the_catalog_to_judge():
+    [call] = analyze("SELECT purge_sessions(30), now()")
+    assert call.functions == (("purge_sessions",), ("now",)) and call.effects == ()
+    [view] = analyze("CREATE VIEW v AS SELECT purge_sessions(30)")
+    assert view.functions == ()  # a view's query does not run when it is created
+
+
+def test_the_version_table_and_transactions_are_recognised():
+    statements = analyze(
+        "BEGIN; UPDATE alembic_version SET version_num='0001' WHERE alembic_version.version_num = '0002'; COMMIT;"
+    )
+    assert [s.transaction for s in statements] == ["BEGIN", None, "COMMIT"]
+    assert (statements[1].version_target, statements[1].version_op) == (("alembic_version",), "UPDATE")
+    ef = analyze('DELETE FROM "__EFMigrationsHistory"\nWHERE "MigrationId" = \'20240101_X\';')
+    assert (ef[0].version_target, ef[0].version_op) == (("__EFMigrationsHistory",), "DELETE")
+
+
+def test_a_statement_is_accepted_by_the_sha256_of_its_canonical_form():
+    one = analyze("delete from jobs   where stage='failed' -- why")[0]
+    two = analyze("DELETE FROM jobs WHERE stage = 'failed'")[0]
+    three = analyze("DELETE FROM jobs WHERE stage = 'done'")[0]
+    assert one.sha256 == two.sha256 != three.sha256
+    assert one.sha256 == hashlib.sha256(b"DELETE FROM jobs WHERE stage = 'failed'").hexdigest()
+    assert one.text.startswith("delete from jobs   where stage='failed'")  # shown as written
+
+
+def test_text_postgresql_rejects_is_an_error_naming_the_line():
+    with pytest.raises(SqlAnalysisError, match="line 2"):
+        analyze("SELECT 1;\nDROP TABLEE x;")
+
+
+def test_the_real_downgrade_sql():
     sql = plan(load_script(str(MIGRATIONS)), "0002_data_transformation", "0001_legacy")["sql"]
-    assert drops_in_script(sql) == [Drop("documents", "transform_version"), Drop("transformation_jobs")]
+    effects = [(e.kind, e.name, e.column) for s in analyze(sql) for e in s.effects]
+    assert ("drop_column", ("documents",), "transform_version") in effects
+    assert ("drop", ("transformation_jobs",), None) in effects
 
 
 # -- archive names ---------------------------------------------------------------------------------
@@ -133,6 +212,8 @@ def test_advisory_lock_key_is_the_documented_constant():
 @pytest.mark.parametrize(
     ("change", "message"),
     [
+        ({"tool": "flyway"}, "tool 'flyway' is not supported"),
+        ({"accept_data_statements": ["0002:abc"]}, "is not <revision>:<sha256>"),
         ({"lock_timeout": 0}, "lock_timeout must be more than 0"),
         ({"statement_timeout": 0}, "statement_timeout must be more than 0"),
         ({"lock_attempts": 0}, "lock_attempts must be at least 1"),
@@ -145,6 +226,14 @@ def test_advisory_lock_key_is_the_documented_constant():
 def test_validate_job_refuses_values_that_cannot_work(change, message):
     with pytest.raises(RefusedError, match=message):
         validate_job({"revision": "0001_legacy", **change})
+
+
+def test_accepted_statements_are_normalised():
+    sha = "AB" * 32
+    job = validate_job(
+        {"revision": "0001_legacy", "accept_data_statements": f" 0003_Cleanup:{sha} ,0003_Cleanup:{sha}"}
+    )
+    assert job["accept_data_statements"] == [f"0003_Cleanup:{sha.lower()}"]
 
 
 def test_validate_job_fills_defaults_and_a_run_id():

@@ -8,6 +8,8 @@
     snapshot SCENARIO --label NAME                  checksums of the feature's rows now (the way-forward drill)
     deploy   SCENARIO --label NAME [--expect ...] [--load-rate R] [-e VAR=VALUE ...]
                                                     run deploy.yml under load; what it restored, by checksum
+    instance SCENARIO start|cut|write|fix|stop [--count N]
+                                                    the stale-instance drill's third app instance (drills/stale.py)
 
 `rollback` streams the playbook's output, then prints one JSON line last: {"drill": "rollback", "runs": [...],
 "changed": N} (N: the changed count of the rollback's own PLAY RECAP, what molecule's idempotence checks).
@@ -21,7 +23,7 @@ import argparse
 import json
 import sys
 
-from drills import drill, forward, report
+from drills import drill, forward, report, stale
 from drills.context import DrillError
 
 
@@ -60,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     again.add_argument("--expect", choices=drill.EXPECTATIONS, default="success")
     again.add_argument("--load-rate", type=float, default=30.0, help="requests/s during the run (0: no load)")
     again.add_argument("-e", dest="extra_vars", action="append", default=[], help="extra var for deploy.yml")
+
+    third = commands.add_parser("instance", help="a third app instance, scraped by Prometheus, not in the list")
+    third.add_argument("scenario")
+    third.add_argument("action", choices=stale.ACTIONS)
+    third.add_argument("--count", type=int, default=5, help="documents written by `write` (default 5)")
     return parser
 
 
@@ -96,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
             record = forward.deploy(args.scenario, args.label, request)
             run = {"label": record["label"], "rc": record["rc"], "changed": record["changed"]}
             print(json.dumps({"drill": "deploy", "runs": [run], "changed": record["changed"]}))
+        elif args.command == "instance":
+            stale.act(args.scenario, args.action, args.count)
         else:
             print(report.render(args.scenario))
     except DrillError as exc:

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from drills import context, results
+from drills import context, results, stale
 from drills.context import DrillError, Scenario
 from drills.faults import FlagFaultProxy, LockBlocker
 from drills.runner import (
@@ -62,6 +62,7 @@ def prepare(name: str, writes: int = 8, faulty: bool = False) -> dict:
     scenario = Scenario(name)
     the_stack = context.stack()
     _say(f"{name}: resetting the shared stack to the baseline (flag off, legacy path, 0001_legacy)")
+    stale.stop(the_stack, quiet=True)  # the stale-instance drill's third instance, if a run left it behind
     reset_database(the_stack)
     scenario.clean()
     baseline = context.fingerprint(the_stack)

@@ -36,6 +36,18 @@ def _run_lines(run: dict) -> list[str]:
             f"attempts {db.get('attempts')}, lock wait {db.get('lock_wait_seconds')} s, "
             f"{archive.get('rows', 0)} rows archived" + (f"; {db['msg']}" if db.get("failed") else "")
         )
+    propagation = (end or {}).get("propagation")
+    if propagation:
+        lines.append(
+            f"   propagation: {', '.join(propagation.get('instances') or [])} confirmed on legacy "
+            f"({propagation.get('discovered_in') or 'configured list'}), the last "
+            f"{propagation.get('last_confirmed_after_flag_seconds')} s after the flag was confirmed off"
+            + (
+                f"; not in the configured list: {', '.join(propagation['not_configured'])}"
+                if propagation.get("not_configured")
+                else ""
+            )
+        )
     load = run.get("load") or {}
     lines.append(f"   load during the rollback: {_load_line(load.get('during_rollback'))}")
     if load.get("during_schema_step"):

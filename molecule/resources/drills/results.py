@@ -64,6 +64,9 @@ def run_figures(run: dict) -> dict:
         "steps": {s["name"]: s["duration_seconds"] for s in end.get("steps", [])},
         "step_outcomes": {s["name"]: s["outcome"] for s in end.get("steps", [])},
         "propagation_seconds": end.get("propagation_seconds"),
+        # Every instance the barrier confirmed (configured and discovered), and the time from the flag
+        # confirmed off to the last of them confirmed on legacy with a fresh fetch of the flag.
+        "propagation": end.get("propagation"),
         "databases": databases,
         "notifications": end.get("notifications"),
         "load": _load(load.get("during_rollback")),

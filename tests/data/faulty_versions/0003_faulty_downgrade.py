@@ -38,4 +38,6 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_column("transformation_jobs", "retries")
     op.drop_table("transformation_audit")
-    op.execute(f"DO $$ BEGIN RAISE EXCEPTION '{FAILURE}'; END $$")
+    # Fails at run time with the message in PostgreSQL's error (invalid input syntax for type integer).
+    # Not a DO block: the plan refuses those unless accepted, and this revision must fail halfway.
+    op.execute(f"SELECT CAST('{FAILURE}' AS integer)")

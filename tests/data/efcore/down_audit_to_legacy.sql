@@ -1,0 +1,24 @@
+START TRANSACTION;
+
+DROP TABLE "TransformationAudit";
+
+ALTER TABLE "TransformationJobs" DROP COLUMN "Retries";
+
+DELETE FROM "__EFMigrationsHistory"
+WHERE "MigrationId" = '20240420083000_TransformationAudit';
+
+COMMIT;
+
+START TRANSACTION;
+
+DROP TABLE "TransformationJobs";
+
+ALTER TABLE "Documents" DROP COLUMN "TransformVersion";
+
+DROP TYPE transformation_stage;
+
+DELETE FROM "__EFMigrationsHistory"
+WHERE "MigrationId" = '20240315120000_DataTransformation';
+
+COMMIT;
+

@@ -1,0 +1,106 @@
+"""Sessions that get in the schema revert's way, and lock waits measured by PostgreSQL itself.
+
+Live traffic must never wait behind the revert's lock request for longer than lock_timeout. The wait
+is measured by PostgreSQL, not by the test's clock: with `log_lock_waits` on, a backend that waited
+longer than `deadlock_timeout` logs, when it finally gets the lock, "process <pid> acquired <mode> on
+<object> after <ms> ms", the time from the start of its wait (proc.c, ProcSleep). That duration does
+not include the test process's scheduling, so the margin only covers PostgreSQL cancelling the
+timed-out request and waking the next waiter.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+
+import psycopg2
+
+# PostgreSQL cancels the timed-out lock request (its own timer) and wakes the queued reader: the
+# reader's wait, measured by PostgreSQL, ends at most this long after lock_timeout.
+LOCK_WAIT_MARGIN = 0.25
+_ACQUIRED = re.compile(r"process (\d+) acquired (\w+) on (.+?) after (\d+\.\d+) ms")
+
+
+def log_lock_waits(cluster, dbname: str) -> None:
+    """Every session of `dbname` logs its long lock waits (deadlock_timeout 20 ms)."""
+    for setting in ("log_lock_waits = on", "deadlock_timeout = '20ms'"):
+        cluster.execute(f'ALTER DATABASE "{dbname}" SET {setting}')
+
+
+class LockWaitLog:
+    """The 'acquired ... after N ms' lines PostgreSQL logs from now on, for some backends."""
+
+    def __init__(self, cluster):
+        self.cluster = cluster
+        self.offset = cluster.logfile.stat().st_size if cluster.logfile.exists() else 0
+
+    def waits(self, pid: int) -> list[float]:
+        """Seconds each lock wait of backend `pid` lasted, as PostgreSQL measured it."""
+        with open(self.cluster.logfile, errors="replace") as log:
+            log.seek(self.offset)
+            text = log.read()
+        return [float(m.group(4)) / 1000 for m in _ACQUIRED.finditer(text) if int(m.group(1)) == pid]
+
+
+class Blocker:
+    """A session that holds ACCESS SHARE on `table` in an open transaction (a long report, say)."""
+
+    def __init__(self, dsn: str, table: str = "documents"):
+        self.conn = psycopg2.connect(dsn, application_name="nightly-report")
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            self.pid = cur.fetchone()[0]
+            cur.execute(f"SELECT count(*) FROM {table} /* nightly report */")  # noqa: S608 - test constant
+
+    def release(self) -> None:
+        self.conn.rollback()
+        self.conn.close()
+
+
+class Reader(threading.Thread):
+    """Live traffic: reads `table` in a loop, from its own backend (`pid`)."""
+
+    def __init__(self, dsn: str, table: str = "documents"):
+        super().__init__(daemon=True)
+        self.conn = psycopg2.connect(dsn, application_name="live-traffic")
+        self.conn.autocommit = True
+        self.table = table
+        self.reads = 0
+        self.stop = threading.Event()
+        with self.conn.cursor() as cur:
+            cur.execute("SELECT pg_backend_pid()")
+            self.pid = cur.fetchone()[0]
+
+    def run(self) -> None:
+        with self.conn.cursor() as cur:
+            cur.execute("SET statement_timeout = '30s'")
+            while not self.stop.is_set():
+                cur.execute(f"SELECT count(*) FROM {self.table}")  # noqa: S608 - test constant
+                cur.fetchone()
+                self.reads += 1
+                self.stop.wait(0.02)
+        self.conn.close()
+
+
+def wait_for(condition, what: str, timeout: float = 120.0, interval: float = 0.05):
+    """Poll `condition()` until it returns something true (a test's synchronisation, not a timing bound)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"gave up waiting for {what}")
+
+
+def module_sessions(db, waiting_on: str | None = None) -> list[tuple]:
+    """(pid, wait_event_type, locktype) of the revert's sessions (application_name emergency-rollback)."""
+    rows = db.query(
+        """SELECT a.pid, a.wait_event_type, l.locktype FROM pg_stat_activity a
+           LEFT JOIN pg_locks l ON l.pid = a.pid AND NOT l.granted
+           WHERE a.datname = current_database() AND a.application_name = 'emergency-rollback'"""
+    )
+    if waiting_on is None:
+        return rows
+    return [r for r in rows if r[1] == "Lock" and r[2] == waiting_on]
