@@ -520,3 +520,31 @@ def test_a_materialized_view_is_computed_again_not_restored(app_db):
     assert "computed again" in archive["note"]
     assert app_db.query("SELECT stage, n FROM dl_stage_counts ORDER BY stage") == counts
     assert restored_entries(app_db) == 1
+
+
+def test_an_env_py_that_ignores_the_connection_is_refused_before_any_ddl(app_db, tmp_path):
+    import shutil  # noqa: PLC0415
+
+    project = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, project)
+    env_py = project / "env.py"
+    env_py.write_text(env_py.read_text().replace('config.attributes.get("connection")', "None"))
+    assert not revert(app_db, run_id="rb-1")["failed"]
+    fingerprint = app_db.fingerprint()
+
+    refused = upgrade(app_db, script_location=str(project))
+
+    assert refused["failed"] is True and "ignores the connection" in refused["msg"] and str(env_py) in refused["msg"]
+    assert app_db.revision() == LEGACY and app_db.fingerprint() == fingerprint and restored_entries(app_db) == 0
+
+
+def test_an_alembic_project_given_by_its_config_file(app_db):
+    assert not revert(app_db, run_id="rb-1")["failed"]
+    result = upgrade(app_db, script_location=None, config_file=str(MIGRATIONS / "alembic.ini"))
+    assert not result["failed"], result["msg"]
+    assert app_db.revision() == HEAD and result["restore"]["rows_restored"] == 60
+
+
+def test_ef_core_is_refused(app_db):
+    result = upgrade(app_db, tool="efcore")
+    assert result["failed"] is True and "EF Core" in result["msg"] and app_db.revision() == HEAD
