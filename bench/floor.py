@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import smtplib
+import ssl
 import sys
 import time
 from collections.abc import Mapping
@@ -56,7 +57,14 @@ from ansible.module_utils.schema_rollback_points import read_states  # noqa: E40
 
 from bench import project  # noqa: E402
 
-SECRET_KEYS = ("FF_API_KEY", "PGPASSWORD", "ROLLBACK_DB_DSN", "SLACK_WEBHOOK_URL", "SMTP_PASSWORD")
+SECRET_KEYS = (
+    "FF_API_KEY",
+    "PGPASSWORD",
+    "ROLLBACK_DB_DSN",
+    "SLACK_WEBHOOK_URL",
+    "SMTP_PASSWORD",
+    "PAGERDUTY_ROUTING_KEY",
+)
 STEPS = ("preflight", "flag", "propagation", "schema", "verify", "notify")
 ERROR_RATE_QUERY = (
     'sum(rate(http_requests_total{{job="transformation-engine",status=~"5.."}}[{range}]))'
@@ -287,10 +295,27 @@ class Floor:
             )
             message.set_content(summary)
             with smtplib.SMTP(self.env["SMTP_HOST"], int(self.env.get("SMTP_PORT", "25")), timeout=10) as smtp:
+                if self.env.get("SMTP_CA_FILE"):  # verified STARTTLS, as rollback_notify does
+                    smtp.starttls(context=ssl.create_default_context(cafile=self.env["SMTP_CA_FILE"]))
                 if self.env.get("SMTP_USERNAME"):
                     smtp.login(self.env["SMTP_USERNAME"], self.env.get("SMTP_PASSWORD", ""))
                 smtp.send_message(message)
             delivered["mail"] = True
+        if self.env.get("PAGERDUTY_ROUTING_KEY"):  # the start and end change events and the resolve
+            base, key = (
+                self.env.get("PAGERDUTY_EVENTS_URL", "https://events.pagerduty.com"),
+                self.env["PAGERDUTY_ROUTING_KEY"],
+            )
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime())
+            change = {"routing_key": key, "payload": {"summary": subject, "source": "bench.floor", "timestamp": stamp}}
+            resolve = {"routing_key": key, "event_action": "resolve", "dedup_key": "emergency-rollback/local/bench"}
+            for path, event in (
+                ("/v2/change/enqueue", change),
+                ("/v2/enqueue", resolve),
+                ("/v2/change/enqueue", change),
+            ):
+                response = requests.post(base.rstrip("/") + path, json=event, timeout=10)
+                delivered["pagerduty"] = delivered.get("pagerduty", True) and response.status_code == 202
         self.facts["notifications"] = delivered
 
     # -- the run -------------------------------------------------------------------------------

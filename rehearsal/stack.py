@@ -26,6 +26,7 @@ import os
 import secrets
 import signal
 import socket
+import ssl
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -57,12 +58,20 @@ DEFAULT_PORTS = {
     "app-2": 58082,
     "prometheus": 59090,
     "smtp": 52525,
+    "smtps": 52465,
     "webhook": 58025,
 }
 DEFAULT_REFRESH_INTERVAL = 1.0
 SMTP_USER = "rehearsal"
 # The values of these keys of env() are secrets: never print them.
-SECRET_KEYS = ("FF_API_KEY", "PGPASSWORD", "ROLLBACK_DB_DSN", "SLACK_WEBHOOK_URL", "SMTP_PASSWORD")
+SECRET_KEYS = (
+    "FF_API_KEY",
+    "PGPASSWORD",
+    "ROLLBACK_DB_DSN",
+    "SLACK_WEBHOOK_URL",
+    "SMTP_PASSWORD",
+    "PAGERDUTY_ROUTING_KEY",
+)
 
 
 class StackError(RuntimeError):
@@ -99,6 +108,18 @@ def _http_ok(url: str, timeout: float = 2) -> bool:
 
 def _smtp_ok(port: int) -> bool:
     with socket.create_connection((HOST, port), timeout=2) as sock:
+        banner = sock.recv(256)
+        sock.sendall(b"QUIT\r\n")
+        return banner.startswith(b"220")
+
+
+def _smtps_ok(port: int, ca_file: Path) -> bool:
+    """The SMTP sink's TLS port answers with a certificate that the test CA verifies."""
+    context = ssl.create_default_context(cafile=str(ca_file))
+    with (
+        socket.create_connection((HOST, port), timeout=2) as raw,
+        context.wrap_socket(raw, server_hostname=HOST) as sock,
+    ):
         banner = sock.recv(256)
         sock.sendall(b"QUIT\r\n")
         return banner.startswith(b"220")
@@ -148,6 +169,7 @@ class Stack:
         values = self.secrets if self.secrets_file.exists() else {}
         wanted = {role: lambda: secrets.token_urlsafe(24) for role in (appdb.MIGRATOR, appdb.APP_RW, appdb.UNLEASH)}
         wanted["smtp"] = lambda: secrets.token_urlsafe(18)
+        wanted["pagerduty_routing_key"] = lambda: secrets.token_hex(16)  # 32 characters, as PagerDuty's keys
         wanted["webhook_path"] = lambda: (
             f"/services/T{secrets.token_hex(4).upper()}/B{secrets.token_hex(4).upper()}/{secrets.token_urlsafe(18)}"
         )
@@ -267,6 +289,9 @@ class Stack:
     def _initial_state(self, ports: str | dict[str, int], refresh_interval: float | None) -> dict:
         if self.exists():
             state = self.state
+            for name, port in DEFAULT_PORTS.items():  # a service added since this run folder was made
+                if name not in state["ports"]:
+                    state["ports"][name] = free_port(HOST) if ports == "auto" else port
         else:
             if ports == "default":
                 chosen = dict(DEFAULT_PORTS)
@@ -386,20 +411,39 @@ class Stack:
             str(self.run_dir / "sinks"),
             "--smtp-port",
             str(self.ports["smtp"]),
+            "--smtps-port",
+            str(self.ports["smtps"]),
+            "--tls-dir",
+            str(self.run_dir / "sinks" / "tls"),
             "--webhook-port",
             str(self.ports["webhook"]),
         ]
         return self._start(
             "sinks",
             argv,
-            lambda: _http_ok(self.url("webhook") + "/healthz") and _smtp_ok(self.ports["smtp"]),
+            self._sinks_ok,
             timeout,
             env={
                 "SINK_WEBHOOK_PATH": self.secrets["webhook_path"],
                 "SINK_SMTP_USERNAME": SMTP_USER,
                 "SINK_SMTP_PASSWORD": self.secrets["smtp"],
+                "SINK_PAGERDUTY_ROUTING_KEY": self.secrets["pagerduty_routing_key"],
             },
         )
+
+    def _sinks_ok(self) -> bool:
+        """Both SMTP ports, the webhook and the PagerDuty API answer, and the test CA exists (a sink of an
+        older run folder, without TLS or PagerDuty, counts as not healthy and is started again)."""
+        return (
+            _http_ok(self.url("webhook") + "/_sink/pagerduty")
+            and _smtp_ok(self.ports["smtp"])
+            and _smtps_ok(self.ports["smtps"], self.smtp_ca_file)
+        )
+
+    @property
+    def smtp_ca_file(self) -> Path:
+        """The test CA the SMTP sink's certificate is signed with (made by the sink at start)."""
+        return self.run_dir / "sinks" / "tls" / "ca.pem"
 
     def _up_app(self, name: str, timeout: float, restart: bool, metrics_style: str = "rehearsal") -> float:
         if restart:
@@ -500,8 +544,9 @@ class Stack:
             },
             "sinks": {
                 "pid": self.service("sinks").pid(),
-                "healthy": probe(lambda: _http_ok(self.url("webhook") + "/healthz") and _smtp_ok(ports["smtp"])),
-                "address": f"smtp {HOST}:{ports['smtp']}, webhook {self.url('webhook')}",
+                "healthy": probe(self._sinks_ok),
+                "address": f"smtp {HOST}:{ports['smtp']} (STARTTLS), smtps {HOST}:{ports['smtps']}, "
+                f"webhook and PagerDuty {self.url('webhook')}",
             },
         }
         for name in APPS:
@@ -540,11 +585,17 @@ class Stack:
             "PROMETHEUS_URL": self.url("prometheus"),
             "SMTP_HOST": HOST,
             "SMTP_PORT": str(ports["smtp"]),
+            "SMTP_SECURE": "starttls",
+            "SMTPS_PORT": str(ports["smtps"]),
+            "SMTP_CA_FILE": str(self.smtp_ca_file),
             "SMTP_USERNAME": SMTP_USER,
             "SMTP_PASSWORD": passwords["smtp"],
             "SLACK_WEBHOOK_URL": self.url("webhook") + passwords["webhook_path"],
+            "PAGERDUTY_EVENTS_URL": self.url("webhook"),
+            "PAGERDUTY_ROUTING_KEY": passwords["pagerduty_routing_key"],
             "SINK_MAIL_FILE": str(self.run_dir / "sinks" / "mail.jsonl"),
             "SINK_WEBHOOK_FILE": str(self.run_dir / "sinks" / "webhook.jsonl"),
+            "SINK_PAGERDUTY_FILE": str(self.run_dir / "sinks" / "pagerduty.jsonl"),
             "SINK_READBACK_URL": self.url("webhook") + "/_sink",
             "REHEARSAL_RUN_DIR": str(self.run_dir),
         }
@@ -595,6 +646,17 @@ class Stack:
 
     def mails(self) -> list[dict]:
         return read_jsonl(self.run_dir / "sinks" / "mail.jsonl")
+
+    def pagerduty_events(self, accepted_only: bool = False) -> list[dict]:
+        """What the PagerDuty sink received, oldest first (routing keys never stored)."""
+        events = read_jsonl(self.run_dir / "sinks" / "pagerduty.jsonl")
+        return [e for e in events if e["accepted"]] if accepted_only else events
+
+    def sink_fault(self, route: str, status: int, count: int = 1) -> None:
+        """Make the next `count` requests to the PagerDuty (`pagerduty`) or Slack (`slack`) sink answer `status`."""
+        requests.post(
+            self.url("webhook") + "/_sink/faults", json={"route": route, "status": status, "count": count}, timeout=5
+        ).raise_for_status()
 
     def webhook_posts(self, accepted_only: bool = False) -> list[dict]:
         posts = read_jsonl(self.run_dir / "sinks" / "webhook.jsonl")

@@ -241,6 +241,7 @@ class Step:
     hosts: set[str] = field(default_factory=set)
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(OUTCOMES, 0))
     failure: dict | None = None
+    failed_first: float | None = None  # monotonic time of its first failed result ("failed at" names the earliest)
 
     def outcome(self) -> str:
         """The first of failed, rescued, changed, ok that any result had; skipped if none."""
@@ -528,6 +529,8 @@ class CallbackModule(CallbackBase):
         step.hosts.add(result.host.get_name())
         if outcome == "ok" and result_data(result).get("changed"):
             outcome = "changed"
+        if outcome == "failed" and step.failed_first is None:
+            step.failed_first = time.monotonic()
         step.counts[outcome] += 1
         return step
 
@@ -645,7 +648,9 @@ class CallbackModule(CallbackBase):
         active, run.current = run.current, None
         failed_hosts = [h for h, s in (recap or {}).items() if s.get("failures") or s.get("unreachable")]
         steps = [step.as_dict() for step in run.steps.values()]
-        failed_step = next((s["name"] for s in steps if s["outcome"] == "failed"), None)
+        # The step that failed first (a role may run twice, e.g. notify after the flag and at the end).
+        failed = sorted((s for s in run.steps.values() if s.failed_first is not None), key=lambda s: s.failed_first)
+        failed_step = failed[0].name if failed else next((s["name"] for s in steps if s["outcome"] == "failed"), None)
         if signal_name is not None:
             status, outcome = "aborted", f"aborted by signal {signal_name}"
         elif error is not None or failed_hosts:

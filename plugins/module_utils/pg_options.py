@@ -55,6 +55,7 @@ def schema_migration_spec() -> dict:
         archive={"type": "bool", "default": True},
         accept_data_statements={"type": "list", "elements": "str", "default": []},
         database_timeout={"type": "float"},
+        report_query_text={"type": "bool", "default": False},
     )
     return {
         "argument_spec": spec,

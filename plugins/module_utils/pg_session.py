@@ -276,14 +276,27 @@ def set_local_timeouts(cursor, lock_timeout: float, statement_timeout: float) ->
 
 
 # -- who is in the way ---------------------------------------------------------------------------
+# The report of a session that is in the way carries who and how long, never what it runs: a
+# query's text can hold customers' data (literals of an INSERT, a WHERE on an e-mail address), and
+# this report reaches the job output, the audit, Slack, e-mail and PagerDuty. So the text is not
+# even read from PostgreSQL unless the caller opts in (schema_migration's report_query_text).
+SESSION_FIELDS = ("pid", "role", "application_name", "state", "age_seconds")
+QUERY_CHARS = 200  # of a query's text, with the opt-in
+
+# `age_seconds`: for how long the session has been in its current transaction (what holds locks),
+# else in its current state, else connected. NULL when the role may not see it (no pg_read_all_stats).
+_SESSION_COLUMNS = """
+    a.pid, a.usename AS role, a.application_name, a.state,
+    round(extract(epoch FROM now() - coalesce(a.xact_start, a.state_change, a.backend_start))::numeric, 1)::float
+        AS age_seconds
+"""
+_QUERY_COLUMN = f", left(a.query, {QUERY_CHARS}) AS query"
 _BLOCKING_SESSIONS = """
-    SELECT a.pid, a.usename, a.application_name, a.state, a.backend_start, a.xact_start, a.query_start,
-           a.wait_event_type, left(a.query, 200) AS query
+    SELECT {columns}
     FROM pg_stat_activity a WHERE a.pid = ANY(pg_blocking_pids(%s)) ORDER BY a.pid
 """
 _ADVISORY_HOLDERS = """
-    SELECT a.pid, a.usename, a.application_name, a.state, a.backend_start, a.xact_start, a.query_start,
-           a.wait_event_type, left(a.query, 200) AS query
+    SELECT {columns}
     FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
     WHERE l.locktype = 'advisory' AND l.granted
       AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
@@ -292,45 +305,68 @@ _ADVISORY_HOLDERS = """
 """
 
 
+def _columns(include_query: bool) -> str:
+    return _SESSION_COLUMNS + (_QUERY_COLUMN if include_query else "")
+
+
 def _session_rows(cursor) -> list[dict]:
     names = [col.name for col in cursor.description]
-    sessions = []
-    for row in cursor.fetchall():
-        session = dict(zip(names, row, strict=True))
-        for key in ("backend_start", "xact_start", "query_start"):
-            if session.get(key) is not None:
-                session[key] = session[key].isoformat()
-        sessions.append(session)
-    return sessions
+    return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
-def blocking_sessions(cursor, pid: int) -> list[dict]:
-    """The sessions `pid` is waiting for (pg_blocking_pids), with the start of their query.
+def session_report(session: dict, include_query: bool = False) -> dict:
+    """The reportable fields of one session (SESSION_FIELDS, plus `query` only with the opt-in)."""
+    report = {key: session.get(key) for key in SESSION_FIELDS}
+    if include_query and "query" in session:
+        report["query"] = session["query"]
+    return report
 
-    A role that is neither superuser nor member of pg_read_all_stats sees `query` of other roles'
-    sessions as '<insufficient privilege>' and their timestamps as NULL: grant pg_read_all_stats
-    to the migration role for a complete report.
+
+def blocking_sessions(cursor, pid: int, include_query: bool = False) -> list[dict]:
+    """The sessions `pid` is waiting for (pg_blocking_pids): SESSION_FIELDS, and `query` only if asked.
+
+    A role that is neither superuser nor member of pg_read_all_stats sees other roles' sessions
+    without state and timestamps (so without age): grant pg_read_all_stats to the migration role
+    for a complete report.
     """
-    cursor.execute(_BLOCKING_SESSIONS, (pid,))
+    cursor.execute(_BLOCKING_SESSIONS.format(columns=_columns(include_query)), (pid,))
     return _session_rows(cursor)
 
 
-def advisory_lock_holders(cursor, key: int = ADVISORY_LOCK_KEY) -> list[dict]:
-    """Sessions holding the advisory lock `key` in the current database."""
-    cursor.execute(_ADVISORY_HOLDERS, ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF))
+def advisory_lock_holders(cursor, key: int = ADVISORY_LOCK_KEY, include_query: bool = False) -> list[dict]:
+    """Sessions holding the advisory lock `key` in the current database (fields as blocking_sessions)."""
+    cursor.execute(
+        _ADVISORY_HOLDERS.format(columns=_columns(include_query)), ((key >> 32) & 0xFFFFFFFF, key & 0xFFFFFFFF)
+    )
     return _session_rows(cursor)
+
+
+def _age(seconds) -> str:
+    if seconds is None:
+        return "age unknown"
+    seconds = float(seconds)
+    if seconds < 120:
+        return f"for {seconds:.1f} s"
+    if seconds < 7200:
+        return f"for {seconds / 60:.1f} min"
+    return f"for {seconds / 3600:.1f} h"
 
 
 def describe_sessions(sessions: list[dict]) -> str:
-    """One line per session, joined with '; ' (pid, state, role, application, since, query)."""
+    """One clause per session, joined with '; ': pid, state and age, role, application_name.
+
+    The query's text appears only when the session carries one, i.e. when the caller opted in
+    (blocking_sessions(include_query=True)); it is never part of the report otherwise.
+    """
     parts = []
     for s in sessions:
-        query = " ".join((s.get("query") or "").split())
-        parts.append(
-            f"pid {s['pid']} ({s.get('state') or 'state unknown'}, role {s.get('usename')}, "
-            f"application_name '{s.get('application_name') or ''}', "
-            f"query since {s.get('query_start') or 'unknown'}: {query!r})"
+        text = (
+            f"pid {s['pid']} ({s.get('state') or 'state unknown'} {_age(s.get('age_seconds'))}, "
+            f"role {s.get('role') or 'unknown'}, application_name '{s.get('application_name') or ''}'"
         )
+        if s.get("query") is not None:
+            text += f", query {' '.join(s['query'].split())!r}"
+        parts.append(text + ")")
     return "; ".join(parts) if parts else "no blocking session was seen"
 
 
@@ -360,13 +396,9 @@ def acquire_advisory_lock(conn, wait_seconds: float, key: int = ADVISORY_LOCK_KE
             with conn.cursor() as probe:
                 holders = advisory_lock_holders(probe, key)
             conn.rollback()
-            who = "; ".join(
-                f"pid {h['pid']} (application_name '{h.get('application_name') or ''}', role {h.get('usename')}, "
-                f"connected since {h.get('backend_start') or 'unknown'}, state {h.get('state') or 'unknown'})"
-                for h in holders
-            )
+            who = describe_sessions(holders) if holders else "holder gone"
             raise AdvisoryLockTimeout(
-                f"Another schema revert holds the runbook's advisory lock on this database: {who or 'holder gone'}; "
+                f"Another schema revert holds the runbook's advisory lock on this database: {who}; "
                 f"waited {time.monotonic() - started:.1f} s (advisory_lock_wait {wait_seconds:g} s): "
                 "let it finish, then run again.",
                 holders,
@@ -394,9 +426,11 @@ class BlockerWatch:
         interval: float = 0.1,
         *,
         require_verified_tls: bool = False,
+        include_query: bool = False,
     ):
         self.dsn, self.pid, self.delay, self.interval = dsn, pid, delay, interval
         self.require_verified_tls = require_verified_tls
+        self.include_query = include_query
         self.application_name = application_name + "-watch"
         self.sessions: list[dict] = []
         self._stop = threading.Event()
@@ -421,7 +455,7 @@ class BlockerWatch:
             conn.autocommit = True
             with conn.cursor() as cur:
                 while not self._stop.is_set():
-                    found = blocking_sessions(cur, self.pid)
+                    found = blocking_sessions(cur, self.pid, self.include_query)
                     if found:
                         self.sessions = found
                     self._stop.wait(self.interval)

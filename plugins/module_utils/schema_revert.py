@@ -79,6 +79,9 @@ def job_defaults() -> dict:
         "expected_sql_sha256": None,
         "application_name": APPLICATION_NAME,
         "connect_timeout": 10,
+        # Blocking-session reports carry pid, role, application_name, state and age; the query's
+        # text (which can hold customers' data) only with this opt-in.
+        "report_query_text": False,
         "require_verified_tls": False,  # a production-like environment: sslmode=verify-full or refuse
         "database_timeout": None,  # the watchdog's budget with many databases; None: database_budget()
     }
@@ -272,6 +275,7 @@ def _apply(job, tool, conn, *, pid, current, target, plan, result) -> None:
             pid,
             delay=lock_timeout * 0.5,
             application_name=job["application_name"],
+            include_query=bool(job["report_query_text"]),
             require_verified_tls=bool(job["require_verified_tls"]),
         )
         try:

@@ -44,6 +44,7 @@ MIGRATION_JOB_OPTIONS = (
     "accept_data_statements",
     "application_name",
     "connect_timeout",
+    "report_query_text",
     "require_verified_tls",
 )
 STATE_JOB_OPTIONS = (

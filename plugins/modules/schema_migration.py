@@ -24,7 +24,8 @@ description:
   - A lock timeout (or deadlock) rolls the attempt back and retries after an exponential, jittered
     backoff, at most O(lock_attempts) times; every attempt has its lock timeout, so live queries
     never wait behind the module for longer than O(lock_timeout). When all attempts time out the
-    module fails and names the blocking sessions (from C(pg_blocking_pids)).
+    module fails and names the blocking sessions (from C(pg_blocking_pids)) by pid, role,
+    application_name, state and age, never by the query's text unless O(report_query_text) is on.
   - "What a statement does to data is read with PostgreSQL's own parser (pglast), in every statement:
     the SQL the plan renders, and every statement the apply executes, multi-statement strings, any
     case, whitespace and comments, quoted and schema-qualified names included. The same code decides
@@ -170,11 +171,20 @@ options:
       - Identifies the run in archive table names and the manifest (1-40 characters among letters,
         digits, C(_), C(.), C(:), C(-)). Default, C(<UTC time>-<random>).
     type: str
+  report_query_text:
+    description:
+      - Also report the first 200 characters of each blocking session's query (in C(msg),
+        C(blocking_sessions) and C(attempt_log)).
+      - Off by default, and the text is then not even read from PostgreSQL - a query can hold
+        customers' data, and this report reaches the job output, the audit and the notifications.
+        Turn it on only where all of those may hold such data.
+    type: bool
+    default: false
 notes:
   - "The exact SQL is what alembic renders offline for the range; it covers the migrations, not the
     archive copies (whose table names carry the run id) nor the C(SET LOCAL) statements."
   - "For a complete blocking-session report, grant C(pg_read_all_stats) to the migration role: without
-    it PostgreSQL hides the query and timestamps of other roles' sessions."
+    it PostgreSQL hides the state and timestamps (so the age) of other roles' sessions."
   - "A multi-statement string (C(op.execute(\"DROP VIEW v; DROP TABLE a\"))) is run one statement at a
     time by the plugin, each after its own archive copy."
   - "A C(DELETE) or C(UPDATE) is archived when its rows can be selected first, exactly: C(DELETE FROM t
@@ -364,10 +374,20 @@ archive:
         rows: 50
         key_columns: [id]
 blocking_sessions:
-  description: On lock-timeout exhaustion, the sessions that blocked the last attempt.
+  description:
+    - On lock-timeout exhaustion, the sessions that blocked the last attempt, each with C(pid),
+      C(role), C(application_name), C(state) and C(age_seconds) (in its transaction, else in its
+      state; null when the migration role lacks C(pg_read_all_stats)); C(query) only with
+      I(report_query_text).
   returned: on failure after lock timeouts
   type: list
   elements: dict
+  sample:
+    - pid: 4242
+      role: app_rw
+      application_name: nightly-report
+      state: idle in transaction
+      age_seconds: 93.4
 run_id:
   description: The run's id, as used in the archive.
   returned: always

@@ -11,6 +11,7 @@ timed-out request and waking the next waiter.
 from __future__ import annotations
 
 import re
+import secrets
 import threading
 import time
 
@@ -44,14 +45,20 @@ class LockWaitLog:
 
 
 class Blocker:
-    """A session that holds ACCESS SHARE on `table` in an open transaction (a long report, say)."""
+    """A session that holds ACCESS SHARE on `table` in an open transaction (a long report, say).
+
+    Its last query names a customer (a canary): the report of who blocks must never carry it
+    unless report_query_text asks for it.
+    """
 
     def __init__(self, dsn: str, table: str = "documents"):
+        self.canary = f"customer-{secrets.token_hex(8)}@example.com"
         self.conn = psycopg2.connect(dsn, application_name="nightly-report")
         with self.conn.cursor() as cur:
-            cur.execute("SELECT pg_backend_pid()")
-            self.pid = cur.fetchone()[0]
-            cur.execute(f"SELECT count(*) FROM {table} /* nightly report */")  # noqa: S608 - test constant
+            cur.execute("SELECT pg_backend_pid(), current_user")
+            self.pid, self.role = cur.fetchone()
+            query = f"SELECT count(*) FROM {table} WHERE %s IS NOT NULL /* nightly report */"  # noqa: S608 - test constant
+            cur.execute(query, (self.canary,))
 
     def release(self) -> None:
         self.conn.rollback()

@@ -80,11 +80,18 @@ def flag_enabled(stack) -> bool:
 
 def secrets_of(stack) -> list[str]:
     env = stack.env()
-    return [env["FF_API_KEY"], env["PGPASSWORD"], env["SLACK_WEBHOOK_URL"].rsplit("/", 3)[-1], env["SMTP_PASSWORD"]]
+    return [
+        env["FF_API_KEY"],
+        env["PGPASSWORD"],
+        env["SLACK_WEBHOOK_URL"].rsplit("/", 3)[-1],
+        env["SMTP_PASSWORD"],
+        env["PAGERDUTY_ROUTING_KEY"],
+    ]
 
 
 def assert_no_secret(stack, run) -> None:
     blob = run.everything() + json.dumps(stack.mails()) + json.dumps(stack.webhook_posts())
+    blob += json.dumps(stack.pagerduty_events())
     for secret in secrets_of(stack):
         assert secret not in blob, "a secret of the stack reached the output, the audit or a notification"
 
@@ -176,10 +183,10 @@ def test_rollback_reverts_verifies_notifies_and_audits(deployed, playbook):
     assert list(dict.fromkeys(s["name"] for s in record["steps"])) == [
         "preflight",
         "flag",
+        "notify",  # the start change event, once the flag is off (and the summary at the end)
         "propagation",
         "schema",
         "verify",
-        "notify",
     ]
     # The schema is the one recorded before the deployment.
     status = playbook("playbooks/status.yml", extravars={"env": "local"}, envvars=stack.env())
@@ -371,7 +378,7 @@ def test_a_failing_down_migration_leaves_the_database_exactly_as_before(stack_ba
         assert deploy.rc == 0, deploy
         assert revision(stack) == "0003_faulty_downgrade"
         before = (schema_fingerprint(stack), archive_tables(stack))
-        mails_before = len(stack.mails())
+        mails_before, pages_before = len(stack.mails()), len(stack.pagerduty_events())
 
         run = rollback(playbook, stack, **extra)
 
@@ -384,6 +391,13 @@ def test_a_failing_down_migration_leaves_the_database_exactly_as_before(stack_ba
         assert "ROLLBACK FAILED at step schema" in alert
         assert "revision 0003_faulty_downgrade" in alert and "flag DataTransformationFeature: disabled" in alert
         assert "When the down migration fails" in alert
+        [page] = [e for e in stack.pagerduty_events()[pages_before:] if e["endpoint"] == "alert"]
+        assert page["accepted"] and page["event"]["event_action"] == "trigger"
+        assert page["event"]["payload"]["severity"] == "critical"
+        assert page["event"]["payload"]["custom_details"]["database_revisions"] == {
+            "local-app": "0003_faulty_downgrade"
+        }
+        assert page["event"]["payload"]["custom_details"]["summary"] == alert.splitlines()
         assert_no_secret(stack, run)
     finally:
         undo_faulty(stack)
@@ -395,14 +409,31 @@ def test_undeliverable_notifications_are_warnings_not_failures(deployed, playboo
     run = rollback(
         playbook,
         stack,
-        envvars={"SLACK_WEBHOOK_URL": f"http://127.0.0.1:{closed}/services/T0/B0/x", "SMTP_PORT": str(free_port())},
+        envvars={
+            "SLACK_WEBHOOK_URL": f"http://127.0.0.1:{closed}/services/T0/B0/x",
+            "SMTP_PORT": str(free_port()),
+            "PAGERDUTY_EVENTS_URL": f"http://127.0.0.1:{free_port()}",
+        },
+        rollback_notify_max_wait=2,
     )
     assert run.rc == 0, run
     assert revision(stack) == LEGACY
-    assert "slack notification not delivered" in run.stdout and "mail notification not delivered" in run.stdout
+    for channel in ("Slack notification", "e-mail notification", "PagerDuty resolve", "PagerDuty change event (end)"):
+        assert f"[WARNING]: {channel} not delivered:" in run.stdout, channel
     record = end_record(run)
     assert record["outcome"] == "succeeded"
-    assert any("not delivered" in w for w in record.get("warnings", []))
+    assert record["notifications"]["slack"].startswith("not delivered: the Slack webhook could not connect")
+    assert record["notifications"]["mail"].startswith("not delivered: the SMTP server 127.0.0.1:")
+    warnings = record["warnings"]
+    assert [w.split(" not delivered")[0] for w in warnings] == [
+        "PagerDuty change event (start)",
+        "Slack notification",
+        "e-mail notification",
+        "PagerDuty resolve",
+        "PagerDuty change event (end)",
+    ], warnings
+    assert "\\1" not in json.dumps(record), "the audit names the channel, not a regex back-reference"
+    assert_no_secret(stack, run)
 
 
 def test_prometheus_down_at_verify_fails_clearly_and_undoes_nothing(deployed, playbook):

@@ -6,6 +6,7 @@ lock_timeout) is measured by PostgreSQL (log_lock_waits, see locking.py); everyt
 (attempts, outcomes) or synchronised on what pg_stat_activity and pg_locks show.
 """
 
+import json
 import multiprocessing
 import re
 import threading
@@ -52,17 +53,22 @@ def test_a_blocked_downgrade_gives_up_naming_the_blocker_and_never_queues_traffi
         reader.join(timeout=30)
         blocker.release()
 
-    assert result["failed"] and result["changed"] is False
-    assert result["attempts"] == ATTEMPTS
+    assert result["failed"] and result["changed"] is False, result["msg"]
+    assert result["attempts"] == ATTEMPTS, result["msg"]
     assert [a["outcome"] for a in result["attempt_log"]] == ["lock_timeout"] * ATTEMPTS
     assert result["lock_wait_seconds"] >= ATTEMPTS * LOCK_TIMEOUT
-    # The message names the blocking session: pid, state, application, query start, its query.
+    # The message names the blocking session: pid, state and age, role, application; never its query.
     message = result["msg"]
     assert "\n" not in message
-    assert f"pid {blocker.pid} (idle in transaction" in message
+    assert f"pid {blocker.pid} (idle in transaction for " in message
     assert "application_name 'nightly-report'" in message
-    assert "query since 20" in message
-    assert [s["pid"] for s in result["blocking_sessions"]] == [blocker.pid]
+    assert f"role {blocker.role}, " in message
+    [session] = result["blocking_sessions"]
+    assert set(session) == {"pid", "role", "application_name", "state", "age_seconds"}
+    assert (session["pid"], session["state"]) == (blocker.pid, "idle in transaction")
+    assert session["age_seconds"] >= LOCK_TIMEOUT
+    assert blocker.canary not in json.dumps(result), "a blocking session's query text reached the result"
+    assert "nightly report" not in json.dumps(result)
     # Live traffic queued behind the downgrade's lock request (PostgreSQL logged its waits), and
     # never for longer than lock_timeout: each wait as PostgreSQL measured it.
     reader_waits = waits.waits(reader.pid)
@@ -98,7 +104,20 @@ def test_a_blocker_that_lets_go_between_attempts_is_waited_out(app_db):
     assert result["attempt_log"][0]["outcome"] == "lock_timeout"
     assert result["attempt_log"][-1]["outcome"] == "committed"
     assert result["attempt_log"][0]["blocking_sessions"][0]["pid"] == blocker.pid
+    assert blocker.canary not in json.dumps(result)
     assert app_db.revision() == LEGACY and result["archive"]["rows"] == 60
+
+
+def test_the_query_text_is_reported_only_on_explicit_opt_in(app_db):
+    blocker = Blocker(app_db.dsn)
+    try:
+        result = revert(app_db, lock_timeout=0.5, lock_attempts=1, report_query_text=True)
+    finally:
+        blocker.release()
+    assert result["failed"] and app_db.revision() == HEAD
+    [session] = result["blocking_sessions"]
+    assert blocker.canary in session["query"] and "nightly report" in session["query"]
+    assert blocker.canary in result["msg"]
 
 
 def _revert_in_process(dsn: str, queue) -> None:
@@ -138,8 +157,8 @@ def test_the_advisory_lock_wait_is_bounded_and_names_the_holder(app_db):
         assert result["failed"] and result["changed"] is False
         # It gave up after waiting advisory_lock_wait (PostgreSQL's lock_timeout ended the wait).
         assert float(re.search(r"waited ([0-9.]+) s \(advisory_lock_wait 1 s\)", result["msg"]).group(1)) >= 1.0
-        assert f"pid {pid} (application_name 'other-rollback'" in result["msg"]
-        assert "connected since 20" in result["msg"]
+        assert f"pid {pid} (idle for " in result["msg"] and "application_name 'other-rollback')" in result["msg"]
+        assert ", role " in result["msg"]
         assert result["attempts"] == 0 and app_db.revision() == HEAD
         # Check mode takes no advisory lock: the plan is still available.
         assert revert(app_db, check_mode=True)["changed"] is True

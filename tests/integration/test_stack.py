@@ -4,6 +4,7 @@ import json
 import os
 import shlex
 import smtplib
+import ssl
 import stat
 import subprocess
 import sys
@@ -42,7 +43,13 @@ ENV_KEYS = {
     "PROMETHEUS_URL",
     "SMTP_HOST",
     "SMTP_PORT",
+    "SMTP_SECURE",
+    "SMTPS_PORT",
+    "SMTP_CA_FILE",
     "SLACK_WEBHOOK_URL",
+    "PAGERDUTY_EVENTS_URL",
+    "PAGERDUTY_ROUTING_KEY",
+    "SINK_PAGERDUTY_FILE",
     "SINK_MAIL_FILE",
     "SINK_WEBHOOK_FILE",
     "REHEARSAL_RUN_DIR",
@@ -273,16 +280,21 @@ def test_smtp_sink_stores_messages_and_checks_credentials(stack):
     message = EmailMessage()
     message["Subject"], message["From"], message["To"] = marker, "runbook@localhost", "oncall@localhost"
     message.set_content("the rollback finished")
+    verified = ssl.create_default_context(cafile=env["SMTP_CA_FILE"])  # the test CA the sink made at start
     with smtplib.SMTP(env["SMTP_HOST"], int(env["SMTP_PORT"]), timeout=10) as smtp:
+        with pytest.raises(smtplib.SMTPException):  # no login before STARTTLS
+            smtp.login(env["SMTP_USERNAME"], env["SMTP_PASSWORD"])
+    with smtplib.SMTP(env["SMTP_HOST"], int(env["SMTP_PORT"]), timeout=10) as smtp:
+        smtp.starttls(context=verified)
         smtp.login(env["SMTP_USERNAME"], env["SMTP_PASSWORD"])
         smtp.send_message(message)
-    with smtplib.SMTP(env["SMTP_HOST"], int(env["SMTP_PORT"]), timeout=10) as smtp:
+    with smtplib.SMTP_SSL(env["SMTP_HOST"], int(env["SMTPS_PORT"]), timeout=10, context=verified) as smtp:
         with pytest.raises(smtplib.SMTPAuthenticationError):
             smtp.login(env["SMTP_USERNAME"], "not-the-password")
     stored = [m for m in stack.mails() if m["subject"] == marker]
     assert len(stored) == 1
     assert stored[0]["rcpt_tos"] == ["oncall@localhost"]
-    assert stored[0]["authenticated_as"] == env["SMTP_USERNAME"]
+    assert stored[0]["authenticated_as"] == env["SMTP_USERNAME"] and stored[0]["tls"] is True
     assert "the rollback finished" in stored[0]["text"]
     readback = requests.get(env["SINK_READBACK_URL"] + "/mail", timeout=5).json()
     assert marker in [m["subject"] for m in readback]

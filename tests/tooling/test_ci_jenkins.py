@@ -36,7 +36,15 @@ BIN = Path(sys.executable).parent
 JENKINSFILE = ROOT / "ci-examples" / "jenkins" / "Jenkinsfile"
 AST_SCRIPT = Path(__file__).with_name("jenkinsfile_ast.groovy")
 EXTRA_VARS = ROOT / "ci-examples" / "extra_vars.py"
-SECRETS = {"FF_API_KEY", "PGPASSWORD", "SLACK_WEBHOOK_URL", "ROLLBACK_AUDIT_PG_DSN", "SMTP_USERNAME", "SMTP_PASSWORD"}
+SECRETS = {
+    "FF_API_KEY",
+    "PGPASSWORD",
+    "SLACK_WEBHOOK_URL",
+    "ROLLBACK_AUDIT_PG_DSN",
+    "SMTP_USERNAME",
+    "SMTP_PASSWORD",
+    "PAGERDUTY_ROUTING_KEY",
+}
 REQUIRED_SECRETS = {"FF_API_KEY", "PGPASSWORD"}
 
 

@@ -70,6 +70,7 @@ SECRETS = {
     "SLACK_WEBHOOK_URL": "https://hooks.slack.com/services/T000/B000/canary-slack-c0ffee",
     "SMTP_USERNAME": "canary-smtp-user-6a0b",
     "SMTP_PASSWORD": "canary-smtp-pass-2f95",
+    "PAGERDUTY_ROUTING_KEY": "canary-pagerduty-0b5e7c9d1a2f4e63",
     "AWX_SLACK_TOKEN": "xoxb-canary-slacktoken-91d7",
     "AWX_SMTP_PASSWORD": "canary-smtp-4e21aa",
 }
@@ -298,14 +299,21 @@ def test_credential_types_inject_every_interface_secret_as_env_only():
         "ROLLBACK_DB_DSN",
         "ROLLBACK_DISCOVERY_TOKEN",
         "SLACK_WEBHOOK_URL",
+        "SMTP_PASSWORD",
+        "PAGERDUTY_ROUTING_KEY",
     }
     # ... and those the playbook's parts read from the environment beside them: the audit
-    # callback's PostgreSQL copy and the notify role's SMTP login.
-    assert injected == interface_secrets() | {"ROLLBACK_AUDIT_PG_DSN", "SMTP_USERNAME", "SMTP_PASSWORD"}
+    # callback's PostgreSQL copy and the SMTP login name.
+    assert injected == interface_secrets() | {"ROLLBACK_AUDIT_PG_DSN", "SMTP_USERNAME"}
     assert "- name: ROLLBACK_AUDIT_PG_DSN" in (ROOT / "plugins" / "callback" / "rollback_audit.py").read_text()
-    notify = "\n".join(path.read_text() for path in (ROOT / "roles" / "rollback_notify").rglob("*.yml"))
-    for name in ("SMTP_USERNAME", "SMTP_PASSWORD", "SLACK_WEBHOOK_URL"):
-        assert f"lookup('ansible.builtin.env', '{name}')" in notify, f"the notify role no longer reads {name}"
+    from ansible.module_utils.notify_options import ENV_FALLBACKS  # noqa: PLC0415 - what the notification plugin reads
+
+    assert set(ENV_FALLBACKS.values()) == {
+        "SMTP_USERNAME",
+        "SMTP_PASSWORD",
+        "SLACK_WEBHOOK_URL",
+        "PAGERDUTY_ROUTING_KEY",
+    }
 
 
 def test_credentials_carry_the_configuration_environment_into_the_injected_environment():
@@ -325,8 +333,8 @@ def test_credentials_carry_the_configuration_environment_into_the_injected_envir
     optional = [
         ("Rollback database", "ROLLBACK_DB_DSN", "dsn"),
         ("Rollback database", "ROLLBACK_AUDIT_PG_DSN", "audit_dsn"),
-        ("Rollback notifications", "SMTP_USERNAME", "smtp_username"),
-        ("Rollback notifications", "SMTP_PASSWORD", "smtp_password"),
+        ("Rollback e-mail", "SMTP_USERNAME", "smtp_username"),
+        ("Rollback e-mail", "SMTP_PASSWORD", "smtp_password"),
     ]
     for type_name, name, field in optional:
         assert sandbox.from_string(types[type_name]["injectors"]["env"][name]).render() == ""
@@ -538,7 +546,9 @@ def closed_port() -> int:
 SCM = ("-e", "rollback_awx_project_scm_url=https://git.example.com/ops/emergency-rollback.git")
 
 
-@pytest.mark.parametrize("missing", ["FF_API_KEY", "PGPASSWORD", "SLACK_WEBHOOK_URL", "AWX_SLACK_TOKEN"])
+@pytest.mark.parametrize(
+    "missing", ["FF_API_KEY", "PGPASSWORD", "SLACK_WEBHOOK_URL", "PAGERDUTY_ROUTING_KEY", "AWX_SLACK_TOKEN"]
+)
 def test_a_missing_secret_is_refused_before_any_request(missing, closed_port):
     env = {k: v for k, v in SECRETS.items() if k != missing} | {"CONTROLLER_HOST": f"http://127.0.0.1:{closed_port}"}
     proc = run_playbook(env, *SCM)

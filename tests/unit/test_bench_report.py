@@ -25,7 +25,7 @@ def test_task_actions_reads_the_roles():
     assert actions["Revert the schema of every database"] == "schema_migration"
     assert actions["Wait until every application instance is on the legacy path"] == "flag_propagation"
     assert actions["Record the flag change in the audit"] == "set_stats"
-    assert actions["Post to Slack"] == "uri"
+    assert actions["Send the summary to every channel"] == "notification"
 
 
 def test_parse_profile_keeps_order_and_names_the_modules():

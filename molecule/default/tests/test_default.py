@@ -22,7 +22,8 @@ from drills.checks import (
     step,
 )
 
-STEPS = ["preflight", "flag", "propagation", "schema", "verify", "notify"]
+# In the order each step first ran: notify's start change event goes out once the flag is off.
+STEPS = ["preflight", "flag", "notify", "propagation", "schema", "verify"]
 
 
 def test_the_schema_is_at_the_rollback_point_with_its_pre_deployment_fingerprint(stack, state):
@@ -84,13 +85,18 @@ def test_the_success_notifications_were_sent_once(runs):
     for text in (
         "drill-operator",
         "0002_data_transformation -> 0001_legacy",
-        "Flag: enabled -> disabled",
+        "- flag DataTransformationFeature: enabled -> disabled",
         "DRILL-default",
     ):
         assert text in mail["text"], text
     assert len(posts_of(first)) == 1
-    # A re-run that found everything done is quiet.
+    assert mail["subject"] and mail["text"].startswith("Rollback of DataTransformationFeature in local succeeded in ")
+    # A re-run that found everything done is quiet: no Slack, no e-mail. PagerDuty still gets its
+    # resolve (dropped when no incident is open) and the run's start and end on the timeline.
     assert again["sinks"]["mails"] == [] and again["sinks"]["webhooks"] == []
+    for run in (first, again):
+        actions = [e["event"].get("event_action", "change") for e in run["sinks"]["pagerduty"] if e["accepted"]]
+        assert sorted(actions) == ["change", "change", "resolve"], actions
 
 
 def test_one_audit_record_per_run_with_the_right_operator(audit, runs):
@@ -118,7 +124,10 @@ def test_one_audit_record_per_run_with_the_right_operator(audit, runs):
         True,
     )
     assert database["sql_sha256"] == first["plan"]["local-app"]["sql_sha256"]
-    assert first["notifications"] == {"mail": "delivered", "slack": "delivered"}
+    assert first["notifications"] == dict.fromkeys(
+        ("mail", "slack", "pagerduty", "pagerduty_change_start", "pagerduty_change_end"), "delivered"
+    )
+    assert first["warnings"] == []
     # The barrier's own clock, recorded as a number, and spent inside the propagation step.
     propagation = step(first, "propagation")
     assert propagation["outcome"] == "ok" and isinstance(first["propagation_seconds"], float)

@@ -1,8 +1,10 @@
-"""The flag-outage drill: the flag API fails the rollback's write of the flag (500 beyond the retry budget, then 401).
+"""The flag-outage drill: the flag API fails the rollback's write of the flag (500 beyond the retry budget, then
+401); once it answers again, the same rollback succeeds.
 
 Promises: the schema is untouched (no flag confirmed off, no schema change); the feature keeps
 working as it did (flag on, new path, no failed request); the 500 is retried within the budget and
-the 401 never; an alert is sent for each; the audit says failed at the flag step.
+the 401 never; an alert is sent for each, and PagerDuty paged: both failures update the
+environment's one incident, which the successful run resolves; the audit says failed at the flag step.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import pytest
 from drills import context
 from drills.checks import (
     alert_of,
-    check_healthy_on,
     check_no_failed_request,
+    check_paged_once_then_resolved,
     check_secrets_absent,
     end_record,
     posts_of,
@@ -22,20 +24,18 @@ from drills.checks import (
 LABELS = ("flag-500", "flag-401")
 
 
-def test_the_schema_is_untouched(stack, state, runs):
-    assert context.revision(stack) == "0002_data_transformation"
-    assert context.fingerprint(stack) == state["fingerprints"]["deployed"]
-    assert context.archive_tables(stack) == []
+def test_the_schema_is_untouched(state, runs):
     for label in LABELS:
         assert runs[label]["after"]["revision"] == "0002_data_transformation"
         assert runs[label]["after"]["fingerprint"] == state["fingerprints"]["deployed"]
+        assert runs[label]["after"]["archive_tables"] == []
 
 
-def test_the_feature_keeps_working_as_before(stack, flag_enabled, runs):
+def test_the_feature_keeps_working_as_before(runs):
     # The outage kept the flag on: the instances stay on the new path, which still has its schema.
-    assert flag_enabled() is True
-    check_healthy_on(stack, "new")
     for label in LABELS:
+        assert runs[label]["after"]["flag_enabled"] is True
+        assert runs[label]["after"]["paths"] == ["new", "new"]
         assert check_no_failed_request(runs[label])["by_path"] == {
             "new": runs[label]["load"]["during_rollback"]["requests"]
         }
@@ -86,8 +86,30 @@ def test_an_alert_is_sent(runs, label):
     assert len(posts_of(runs[label])) == 1
 
 
+def test_both_failures_paged_one_incident_that_the_recovered_run_resolved(runs):
+    trigger = check_paged_once_then_resolved([runs[label] for label in LABELS], runs["recovered"])
+    payload = trigger["payload"]
+    assert payload["severity"] == "error", "the flag step failed; the schema was not touched: not critical"
+    assert payload["summary"].startswith("ROLLBACK FAILED at step flag in local. State left: flag ")
+    details = payload["custom_details"]
+    assert (details["failed_step"], details["flag_state"]) == ("flag", "enabled")
+    assert details["database_revisions"] == {"local-app": "0002_data_transformation"}
+    assert details["runbook"] == "RUNBOOK.md#paged-flag"
+    # The flag step failed before the start change event: the alert sent it, with the run's start time.
+    changes = [e["event"]["payload"] for e in runs["flag-500"]["sinks"]["pagerduty"] if e["endpoint"] == "change"]
+    assert changes[0]["timestamp"] < changes[1]["timestamp"]
+
+
+def test_the_recovered_run_finished_the_rollback(stack, flag_enabled, runs):
+    run = runs["recovered"]
+    assert run["rc"] == 0 and end_record(run)["outcome"] == "succeeded"
+    assert run["after"]["revision"] == "0001_legacy" and run["after"]["paths"] == ["legacy", "legacy"]
+    assert flag_enabled() is False and context.revision(stack) == "0001_legacy"
+    check_no_failed_request(run)
+
+
 def test_the_audit_chain_is_intact(audit_verify):
-    assert audit_verify() == "ok: 4 records, 2 runs, 0 aborted"
+    assert audit_verify() == "ok: 6 records, 3 runs, 0 aborted"
 
 
 def test_no_secret_leaked(stack, scenario, runs):

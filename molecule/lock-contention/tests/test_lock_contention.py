@@ -8,6 +8,9 @@ queued behind the revert's lock request for at most about lock_timeout, and no r
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from drills import context
 from drills.checks import (
@@ -15,6 +18,7 @@ from drills.checks import (
     check_archive,
     check_healthy_on,
     check_no_failed_request,
+    check_paged_once_then_resolved,
     check_secrets_absent,
     end_record,
     step,
@@ -54,6 +58,34 @@ def test_the_blocked_rollback_failed_naming_the_blocker(runs):
     for text in (database["msg"], step(end, "schema")["failure"]["message"], alert_of(run)["text"]):
         assert f"pid {blocker['pid']}" in text and "application_name 'drill-lock-blocker'" in text, text
         assert "timed out after lock_timeout 1 s" in text
+
+
+def test_the_blocking_session_is_named_without_its_query(stack, scenario, runs):
+    """The blocker's query names a customer (a canary). The migration role may read it (pg_read_all_stats),
+    yet it reaches neither the output, the audit, Slack, e-mail nor PagerDuty: only pid, role,
+    application_name, state and age do."""
+    run = runs["blocked"]
+    canary = run["fault"]["blocker"]["query_canary"]
+    assert canary.startswith("canary-customer-")
+    assert context.query(stack, "SELECT pg_has_role('migrator', 'pg_read_all_stats', 'MEMBER')") == [(True,)]
+    places = {
+        "the job output": Path(run["log"]).read_text(),
+        "the audit file": scenario.audit_file.read_text(),
+        "the sinks (Slack, e-mail, PagerDuty)": json.dumps(run["sinks"]),
+    }
+    for where, text in places.items():
+        assert canary not in text, f"a blocking session's query text reached {where}"
+    message = end_record(run)["databases"]["local-app"]["msg"]
+    blocker = run["fault"]["blocker"]
+    assert f"pid {blocker['pid']} (idle in transaction for " in message and ", role app_rw, " in message
+
+
+def test_the_blocked_run_paged_and_the_released_run_resolved_it(runs):
+    trigger = check_paged_once_then_resolved([runs["blocked"]], runs["released"])
+    assert trigger["payload"]["severity"] == "critical", "the schema step failed"
+    details = trigger["payload"]["custom_details"]
+    assert details["failed_step"] == "schema" and details["runbook"] == "RUNBOOK.md#paged-schema"
+    assert "application_name 'drill-lock-blocker'" in details["cause"]
 
 
 def test_the_blocked_rollback_left_nothing_half_done(state, runs):

@@ -4,6 +4,7 @@
     rollback SCENARIO --label NAME [--expect success|failure|killed|any] [--load-rate R]
              [--flag-fault 500|503|401] [--blocker hold|release-when-queued|release-after=S]
              [--kill] [--parallel N] [-e VAR=VALUE ...]
+    dba-fix  SCENARIO                               record what a failed downgrade left, then undo 0003 by hand
     report   SCENARIO                               what the drill did, readable (steps, load, notifications, audit)
     snapshot SCENARIO --label NAME                  checksums of the feature's rows now (the way-forward drill)
     deploy   SCENARIO --label NAME [--expect ...] [--load-rate R] [-e VAR=VALUE ...]
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     rollback.add_argument("--kill", action="store_true", help="SIGKILL the controller once the schema revert runs")
     rollback.add_argument("--parallel", type=int, default=1, help="rollbacks launched at the same moment")
     rollback.add_argument("-e", dest="extra_vars", action="append", default=[], help="extra var for rollback.yml")
+
+    fix = commands.add_parser("dba-fix", help="record the failed downgrade's state, then remove 0003 by hand")
+    fix.add_argument("scenario")
 
     show = commands.add_parser("report", help="what the scenario's drill did, readable")
     show.add_argument("scenario")
@@ -103,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             record = forward.deploy(args.scenario, args.label, request)
             run = {"label": record["label"], "rc": record["rc"], "changed": record["changed"]}
             print(json.dumps({"drill": "deploy", "runs": [run], "changed": record["changed"]}))
+        elif args.command == "dba-fix":
+            print(json.dumps({"drill": "dba-fix", "after_failure": drill.dba_fix(args.scenario)}))
         elif args.command == "instance":
             stale.act(args.scenario, args.action, args.count)
         else:

@@ -38,8 +38,63 @@ def alert_of(run: dict) -> dict:
     """The one failure alert e-mail of a run."""
     mails = mails_of(run)
     assert len(mails) == 1, f"{run['label']}: expected one e-mail naming run {run['audit']['run_id']}, got {len(mails)}"
-    assert mails[0]["subject"].startswith("ROLLBACK FAILED in local"), mails[0]["subject"]
+    assert mails[0]["subject"].startswith(("ROLLBACK FAILED in local", "ROLLBACK UNVERIFIED in local")), mails[0][
+        "subject"
+    ]
     return mails[0]
+
+
+# -- PagerDuty (the rehearsal's Events API v2 contract sink) ---------------------------------------
+DEDUP_KEY = "emergency-rollback/local/DataTransformationFeature"
+
+
+def pagerduty_of(run: dict) -> list[dict]:
+    """The PagerDuty events the sink received while the run went on, every one of them accepted."""
+    events = run["sinks"].get("pagerduty", [])
+    refused = [(e["status"], e["errors"]) for e in events if not e["accepted"]]
+    assert not refused, f"{run['label']}: the PagerDuty sink refused events: {refused}"
+    return events
+
+
+def alerts_of(run: dict, action: str) -> list[dict]:
+    """The run's alert events (`trigger` or `resolve`)."""
+    return [e["event"] for e in pagerduty_of(run) if e["endpoint"] == "alert" and e["event"]["event_action"] == action]
+
+
+def check_change_events(run: dict) -> None:
+    """The run shows on the service's timeline: a start and an end change event, naming the run."""
+    changes = [e["event"]["payload"] for e in pagerduty_of(run) if e["endpoint"] == "change"]
+    assert len(changes) == 2, f"{run['label']}: expected a start and an end change event, got {len(changes)}"
+    started = "Emergency rollback of DataTransformationFeature in local started by"
+    # Sent at the same time when the run failed before its start event: told apart by their words.
+    [start] = [c for c in changes if c["summary"].startswith(started)]
+    [end] = [c for c in changes if not c["summary"].startswith(started)]
+    assert start["custom_details"]["run_id"] == end["custom_details"]["run_id"] == run["audit"]["run_id"]
+    assert start["timestamp"] <= end["timestamp"]
+
+
+def check_paged_once_then_resolved(failed: list[dict], resolving: dict) -> dict:
+    """Each failed run triggered the environment's one incident (same dedup key), the alert's words are the
+    e-mail's, and the successful re-run resolved it; returns the first trigger."""
+    from rehearsal.sinks import pagerduty_incidents  # noqa: PLC0415 - the drills' stack is importable here
+
+    triggers = []
+    for run in failed:
+        [trigger] = alerts_of(run, "trigger")  # exactly one page per failed run
+        assert trigger["dedup_key"] == DEDUP_KEY and alerts_of(run, "resolve") == []
+        details = trigger["payload"]["custom_details"]
+        assert details["run_id"] == run["audit"]["run_id"]
+        assert details["summary"] == alert_of(run)["text"].splitlines(), "the page and the e-mail say the same"
+        assert trigger["payload"]["summary"] == details["summary"][0]
+        check_change_events(run)
+        triggers.append(trigger)
+    [resolve] = alerts_of(resolving, "resolve")
+    assert resolve["dedup_key"] == DEDUP_KEY and alerts_of(resolving, "trigger") == []
+    check_change_events(resolving)
+    events = [e for run in [*failed, resolving] for e in pagerduty_of(run)]
+    incidents = [i for i in pagerduty_incidents(events) if i["status"] != "dropped"]
+    assert [(i["dedup_key"], i["triggers"], i["status"]) for i in incidents] == [(DEDUP_KEY, len(failed), "resolved")]
+    return triggers[0]
 
 
 def series(run: dict) -> list[dict]:
@@ -105,7 +160,7 @@ def check_no_failed_request(run: dict) -> dict:
 def check_secrets_absent(stack, scenario, runs: list[dict]) -> None:
     """No secret of the stack in the audit file, the runs' output or what the sinks received."""
     env = stack.env()
-    secrets = [env[key] for key in ("FF_API_KEY", "PGPASSWORD", "SMTP_PASSWORD")]
+    secrets = [env[key] for key in ("FF_API_KEY", "PGPASSWORD", "SMTP_PASSWORD", "PAGERDUTY_ROUTING_KEY")]
     secrets.append(env["SLACK_WEBHOOK_URL"].rsplit("/", 1)[1])
     places = {"the audit file": scenario.audit_file.read_text()}
     for run in runs:

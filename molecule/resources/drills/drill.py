@@ -44,15 +44,49 @@ def reset_database(the_stack) -> None:
     if context.revision(the_stack) == context.FAULTY_REVISION:
         the_stack.set_flag(False)
         the_stack.wait_for_path("legacy")
-        with context.connect(the_stack) as conn, conn.cursor() as cur:
-            cur.execute("BEGIN")
-            cur.execute("DROP TABLE transformation_audit")
-            cur.execute("ALTER TABLE transformation_jobs DROP COLUMN retries")
-            cur.execute("UPDATE alembic_version SET version_num = '0002_data_transformation'")
-            cur.execute("COMMIT")
+        _remove_faulty_revision(the_stack)
     the_stack.reset()
     with context.connect(the_stack) as conn, conn.cursor() as cur:
         cur.execute("DROP SCHEMA IF EXISTS rollback_archive CASCADE")
+
+
+def _remove_faulty_revision(the_stack) -> None:
+    """Take away by hand what the test-only 0003_faulty_downgrade added, and stamp the database at 0002."""
+    with context.connect(the_stack) as conn, conn.cursor() as cur:
+        cur.execute("BEGIN")
+        cur.execute("DROP TABLE transformation_audit")
+        cur.execute("ALTER TABLE transformation_jobs DROP COLUMN retries")
+        cur.execute("UPDATE alembic_version SET version_num = '0002_data_transformation'")
+        cur.execute("COMMIT")
+
+
+def dba_fix(name: str) -> dict:
+    """What the DBA does after a failed down migration (RUNBOOK.md section 4), so that a re-run can finish.
+
+    First records the state the failed run left (what the verifier checks of it), then removes the
+    faulty revision's additions by hand and stamps the database at 0002_data_transformation.
+    """
+    scenario = Scenario(name)
+    the_stack = context.stack()
+    if context.revision(the_stack) != context.FAULTY_REVISION:
+        raise DrillError(
+            f"the database is at {context.revision(the_stack)}, not {context.FAULTY_REVISION}: nothing to fix"
+        )
+    left = {
+        "revision": context.revision(the_stack),
+        "fingerprint": context.fingerprint(the_stack),
+        "audit_rows": context.query(the_stack, "SELECT count(*) FROM transformation_audit")[0][0],
+        "jobs_with_retries": context.query(the_stack, "SELECT count(*) FROM transformation_jobs WHERE retries = 1")[0][
+            0
+        ],
+        "archive_tables": context.archive_tables(the_stack),
+        "manifest_exists": context.table_exists(the_stack, "rollback_archive.manifest"),
+        "flag_enabled": the_stack.unleash.flag_enabled(context.FLAG, "default", "production"),
+    }
+    _remove_faulty_revision(the_stack)
+    scenario.update(after_failure=left, dba_fix={"at": time.time(), "revision": context.revision(the_stack)})
+    _say(f"{name}: the DBA removed {context.FAULTY_REVISION} by hand; the database is at {context.revision(the_stack)}")
+    return left
 
 
 def prepare(name: str, writes: int = 8, faulty: bool = False) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import secrets
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -115,6 +116,9 @@ class LockBlocker:
 
     def __init__(self, dsn: str, release_after: float | None = None, release_when_queued: bool = False):
         self.dsn, self.release_after, self.release_when_queued = dsn, release_after, release_when_queued
+        # Its query names a customer, as a real one can: a canary that the rollback's report of who
+        # blocks it (output, audit, Slack, e-mail, PagerDuty) must never carry.
+        self.canary = f"canary-customer-{secrets.token_hex(6)}@example.com"
         self.queued_at = None
         self.pid: int | None = None
         self.acquired_at = self.first_waiter_at = self.released_at = None
@@ -155,7 +159,8 @@ class LockBlocker:
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_backend_pid()")
                 self.pid = cur.fetchone()[0]
-                cur.execute("SELECT count(*) FROM documents")  # the transaction now holds ACCESS SHARE on documents
+                # The transaction now holds ACCESS SHARE on documents; its query text holds the canary.
+                cur.execute("SELECT count(*) FROM documents WHERE external_ref <> %s", (self.canary,))
                 cur.fetchone()
             self.acquired_at = time.time()
             self._ready.set()
@@ -208,6 +213,7 @@ class LockBlocker:
         return {
             "pid": self.pid,
             "application_name": self.APPLICATION_NAME,
+            "query_canary": self.canary,
             "release_after": self.release_after,
             "release_when_queued": self.release_when_queued,
             "queued_at": self.queued_at,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from drills import results
 from drills.context import Scenario
 
 
@@ -73,6 +74,17 @@ def _run_lines(run: dict) -> list[str]:
     if "kill" in fault:
         lines.append(
             f"   SIGKILL while the schema revert ran; after: {json.dumps(fault['kill'].get('after', {}))[:300]}"
+        )
+    pages = results.pagerduty_figures(run)
+    if pages["events"]:
+        lines.append(
+            f"   PagerDuty: {', '.join(pages['alerts']) or 'no alert'}, {pages['change_events']} change event(s)"
+            + (f", {pages['refused']} refused" if pages["refused"] else "")
+            + (
+                f"; page {pages['failure_to_page_seconds']} s after the failure"
+                if "failure_to_page_seconds" in pages
+                else ""
+            )
         )
     run_id = run["audit"]["run_id"]
     for mail in run["sinks"]["mails"]:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 
-from drills.context import RESULTS_DIR, Scenario, utc_now
+from drills.context import RESULTS_DIR, Scenario, parse_utc, utc_now
 
 _LOAD_KEYS = (
     "requests",
@@ -35,6 +35,29 @@ _LOAD_KEYS = (
 
 def _load(summary: dict | None) -> dict | None:
     return None if not summary else {key: summary.get(key) for key in _LOAD_KEYS}
+
+
+def pagerduty_figures(run: dict) -> dict:
+    """What the PagerDuty sink got during the run, and the seconds from the failure to the page.
+
+    The failure's time is the end of the first step the audit says failed (its failed task); the
+    page's, when the sink received the trigger.
+    """
+    events = (run.get("sinks") or {}).get("pagerduty") or []
+    alerts = [e for e in events if e.get("endpoint") == "alert" and e.get("accepted")]
+    actions = [e["event"]["event_action"] for e in alerts]
+    figures = {
+        "events": len(events),
+        "refused": sum(not e.get("accepted") for e in events),
+        "alerts": actions,
+        "change_events": sum(e.get("endpoint") == "change" and e.get("accepted") for e in events),
+    }
+    end = run["audit"]["end"] or {}
+    failed = next((s for s in end.get("steps", []) if s.get("outcome") == "failed" and s.get("name") != "notify"), None)
+    trigger = next((e for e in alerts if e["event"]["event_action"] == "trigger"), None)
+    if failed and trigger and failed.get("ended_at"):
+        figures["failure_to_page_seconds"] = round(parse_utc(trigger["received_at"]) - parse_utc(failed["ended_at"]), 3)
+    return figures
 
 
 def run_figures(run: dict) -> dict:
@@ -69,6 +92,7 @@ def run_figures(run: dict) -> dict:
         "propagation": end.get("propagation"),
         "databases": databases,
         "notifications": end.get("notifications"),
+        "pagerduty": pagerduty_figures(run),
         "load": _load(load.get("during_rollback")),
         "load_schema_step": _load(load.get("during_schema_step")),
         "flag_api_writes_answered": len(fault["flag_api"]["writes_answered"]) if "flag_api" in fault else None,

@@ -168,14 +168,19 @@ def step_window(end_record: dict | None, name: str) -> tuple[float, float] | Non
 
 # -- the sinks -------------------------------------------------------------------------------------
 def sink_messages(the_stack, since: dict[str, int]) -> dict[str, list[dict]]:
-    """Mails and webhook posts received after the counts in `since` (without the raw MIME)."""
+    """Mails, webhook posts and PagerDuty events received after the counts in `since` (without the raw MIME)."""
     mails = [{k: v for k, v in m.items() if k != "raw"} for m in the_stack.mails()[since["mails"] :]]
     posts = the_stack.webhook_posts()[since["webhooks"] :]
-    return {"mails": mails, "webhooks": posts}
+    pages = the_stack.pagerduty_events()[since.get("pagerduty", 0) :]
+    return {"mails": mails, "webhooks": posts, "pagerduty": pages}
 
 
 def sink_counts(the_stack) -> dict[str, int]:
-    return {"mails": len(the_stack.mails()), "webhooks": len(the_stack.webhook_posts())}
+    return {
+        "mails": len(the_stack.mails()),
+        "webhooks": len(the_stack.webhook_posts()),
+        "pagerduty": len(the_stack.pagerduty_events()),
+    }
 
 
 # -- the load ----------------------------------------------------------------------------------

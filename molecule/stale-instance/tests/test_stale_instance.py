@@ -13,6 +13,7 @@ from drills import context
 from drills.checks import (
     alert_of,
     check_no_failed_request,
+    check_paged_once_then_resolved,
     check_secrets_absent,
     end_record,
     posts_of,
@@ -36,7 +37,8 @@ def test_the_schema_step_never_started_while_it_was_stale(runs, state):
     assert run["rc"] > 0
     end = end_record(run)
     assert end["outcome"] == "failed at propagation"
-    assert [s["name"] for s in end["steps"]] == ["preflight", "flag", "propagation", "notify"]
+    # notify runs right after the flag step (PagerDuty's start change event), then at the end (the alert).
+    assert [s["name"] for s in end["steps"]] == ["preflight", "flag", "notify", "propagation"]
     assert "databases" not in end, "no schema step ran"
     failure = step(end, "propagation")["failure"]["message"]
     assert "still on another path: app-3 (" in failure
@@ -93,6 +95,14 @@ def test_once_fixed_a_rerun_completes_with_every_discovered_instance(stack, stat
     assert run["after"]["revision"] == LEGACY
     assert context.revision(stack) == LEGACY
     check_no_failed_request(run)
+
+
+def test_the_stale_run_paged_and_the_fixed_run_resolved_it(runs):
+    trigger = check_paged_once_then_resolved([runs["stale"]], runs["fixed"])
+    payload = trigger["payload"]
+    assert payload["severity"] == "error", "the schema was not touched: not critical"
+    assert payload["custom_details"]["failed_step"] == "propagation" and "app-3 (" in payload["custom_details"]["cause"]
+    assert payload["custom_details"]["runbook"] == "RUNBOOK.md#paged-propagation"
 
 
 def test_the_audit_chain_is_intact(audit_verify):
