@@ -43,15 +43,15 @@ from ansible.module_utils.pg_session import (
     resolve_dsn,
     set_local_timeouts,
 )
-from ansible.module_utils.runbook_plugin import NO_LOG_VALUES_KEY
-from ansible.module_utils.schema_errors import RefusedError, SchemaError
-from ansible.module_utils.schema_restore import (
+from ansible.module_utils.restore_manifest import (
     ARCHIVE_SCHEMA,
     MANIFEST_TABLE,
     describe_entry,
     ensure_manifest_columns,
     read_manifest,
 )
+from ansible.module_utils.runbook_plugin import NO_LOG_VALUES_KEY
+from ansible.module_utils.schema_errors import RefusedError, SchemaError
 
 MIN_RETENTION_DAYS = 7
 DAY = 86400.0

@@ -57,362 +57,34 @@ row restored; for a column, every row whose key exists), said in each entry's `n
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 try:
     from psycopg2 import sql as pgsql
 except ImportError:  # pragma: no cover - the module reports missing_required_lib
     pgsql = None
 
-from ansible.module_utils.schema_errors import SchemaError
-
-ARCHIVE_SCHEMA = "rollback_archive"
-MANIFEST_TABLE = "manifest"
-MAX_KEYS = 10
-
-# The manifest's documented columns (written by the archive; docs/interfaces.md).
-BASE_COLUMNS = (
-    "id",
-    "run_id",
-    "archived_at",
-    "archived_by",
-    "from_revision",
-    "to_revision",
-    "source_schema",
-    "source_table",
-    "source_column",
-    "archive_table",
-    "key_columns",
-    "row_count",
+from ansible.module_utils.restore_catalog import (
+    columns_of,
+    match,
+    relation,
+    same_text,
 )
-# Columns the archive added later (schema_archive.ensure_archive_schema; docs/interfaces.md): read when present.
-ARCHIVE_COLUMNS = (
-    ("action", "text"),
-    ("revision", "text"),
-    ("statement_sha256", "text"),
+from ansible.module_utils.restore_manifest import (
+    ARCHIVE_SCHEMA,
+    DROP_COLUMN,
+    DROP_MATVIEW,
+    INTEGER_TYPES,
+    VALUE_ACTIONS,
 )
-# What removed the rows (the manifest's `action`; NULL in manifests written before it existed).
-DROP_TABLE, DROP_COLUMN, DROP_MATVIEW = "drop table", "drop column", "drop materialized view"
-ROW_ACTIONS = (DROP_TABLE, "truncate", "delete")  # whole rows: inserted where their key is absent
-VALUE_ACTIONS = ("update", "change column type")  # old values of rows that stayed: never overwritten
-# Columns this runbook adds to the manifest when it first restores or purges (docs/interfaces.md).
-RESTORE_COLUMNS = (
-    ("restored_at", "timestamptz"),
-    ("restored_by", "text"),
-    ("restore_run_id", "text"),
-    ("restored_rows", "bigint"),
-    ("restore_conflict_rows", "bigint"),
-    ("restore_outcome", "text"),
-)
-PURGE_COLUMNS = (
-    ("purged_at", "timestamptz"),
-    ("purged_by", "text"),
-    ("purge_run_id", "text"),
-)
-INTEGER_TYPES = ("smallint", "integer", "bigint")
+from ansible.module_utils.restore_stage import StagedEntry, Unrestorable
 
 
-class RestoreError(SchemaError):
-    """The archive cannot be restored as the manifest describes it; nothing is committed."""
-
-
-class RestoreConflicts(SchemaError):
-    """Archived rows conflict with rows written since, and the operator has not accepted them."""
-
-    def __init__(self, message: str, report: dict):
-        super().__init__(message)
-        self.report = report
-
-
-def _manifest():
-    return pgsql.Identifier(ARCHIVE_SCHEMA, MANIFEST_TABLE)
-
-
-def describe_entry(entry: dict) -> str:
-    """`schema.table[.column]` of a manifest entry."""
-    what = f"{entry['source_schema']}.{entry['source_table']}"
-    return what + (f".{entry['source_column']}" if entry.get("source_column") else "")
-
-
-# -- the manifest --------------------------------------------------------------------------------
-def manifest_exists(cursor) -> bool:
-    cursor.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{ARCHIVE_SCHEMA}.{MANIFEST_TABLE}",))
-    return bool(cursor.fetchone()[0])
-
-
-def manifest_columns(cursor) -> set[str]:
-    cursor.execute(
-        """SELECT a.attname FROM pg_attribute a WHERE a.attrelid = to_regclass(%s)
-           AND a.attnum > 0 AND NOT a.attisdropped""",
-        (f"{ARCHIVE_SCHEMA}.{MANIFEST_TABLE}",),
-    )
-    return {row[0] for row in cursor.fetchall()}
-
-
-def ensure_manifest_columns(cursor) -> list[str]:
-    """Add the restore and purge columns the manifest lacks (only those: ALTER TABLE locks); their names."""
-    have = manifest_columns(cursor)
-    missing = [(name, kind) for name, kind in RESTORE_COLUMNS + PURGE_COLUMNS if name not in have]
-    if missing:
-        cursor.execute(
-            pgsql.SQL("ALTER TABLE {} {}").format(
-                _manifest(),
-                pgsql.SQL(", ").join(
-                    pgsql.SQL("ADD COLUMN IF NOT EXISTS {} {}").format(pgsql.Identifier(name), pgsql.SQL(kind))
-                    for name, kind in missing
-                ),
-            )
-        )
-    return [name for name, _kind in missing]
-
-
-def read_manifest(cursor, *, pending_only: bool = False, for_update: bool = False) -> list[dict]:
-    """The manifest's entries (oldest first), each with the restore and purge columns (None where the
-    manifest has not got them yet) and `age_seconds`; [] without a manifest.
-
-    `pending_only`: entries neither restored nor purged. `for_update`: lock them (SELECT ... FOR UPDATE).
-    """
-    if not manifest_exists(cursor):
-        return []
-    have = manifest_columns(cursor)
-    missing_base = [name for name in BASE_COLUMNS if name not in have]
-    if missing_base:
-        raise RestoreError(
-            f"rollback_archive.manifest lacks the documented column(s) {', '.join(missing_base)}: it was not "
-            "written by this runbook's archive; inspect it before restoring anything."
-        )
-    fields = [pgsql.Identifier(name) for name in BASE_COLUMNS]
-    for name, kind in ARCHIVE_COLUMNS + RESTORE_COLUMNS + PURGE_COLUMNS:
-        if name in have:
-            fields.append(pgsql.Identifier(name))
-        else:
-            fields.append(pgsql.SQL("NULL::{} AS {}").format(pgsql.SQL(kind), pgsql.Identifier(name)))
-    fields.append(pgsql.SQL("extract(epoch FROM now() - archived_at)::float8 AS age_seconds"))
-    where = pgsql.SQL("")
-    if pending_only:
-        conditions = [
-            pgsql.SQL("{} IS NULL").format(pgsql.Identifier(n)) for n in ("restored_at", "purged_at") if n in have
-        ]
-        if conditions:
-            where = pgsql.SQL(" WHERE ") + pgsql.SQL(" AND ").join(conditions)
-    cursor.execute(
-        pgsql.SQL("SELECT {} FROM {}{} ORDER BY id{}").format(
-            pgsql.SQL(", ").join(fields),
-            _manifest(),
-            where,
-            pgsql.SQL(" FOR UPDATE") if for_update else pgsql.SQL(""),
-        )
-    )
-    names = [col.name for col in cursor.description]
-    entries = []
-    for row in cursor.fetchall():
-        entry = dict(zip(names, row, strict=True))
-        entry["key_columns"] = list(entry["key_columns"] or [])
-        for key in ("archived_at", "restored_at", "purged_at"):
-            if entry.get(key) is not None:
-                entry[key] = entry[key].isoformat()
-        entries.append(entry)
-    return entries
-
-
-def mark_restored(cursor, entry: dict, *, run_id: str, restored_by: str, report: dict) -> None:
-    """Mark one entry restored (with what happened); RestoreError if another run marked it meanwhile."""
-    cursor.execute(
-        pgsql.SQL(
-            """UPDATE {} SET restored_at = now(), restored_by = coalesce(%s, current_user), restore_run_id = %s,
-                              restored_rows = %s,
-                              restore_conflict_rows = %s, restore_outcome = %s
-               WHERE id = %s AND restored_at IS NULL"""
-        ).format(_manifest()),
-        (restored_by, run_id, report["restored"], report["conflict_rows"], report["outcome"], entry["id"]),
-    )
-    if cursor.rowcount != 1:
-        raise RestoreError(
-            f"The archive of {describe_entry(entry)} from rollback run {entry['run_id']} was marked restored by "
-            "another run meanwhile: nothing of this run is committed; run again."
-        )
-
-
-# -- the catalog ---------------------------------------------------------------------------------
-def _relation(cursor, schema: str, table: str) -> tuple[int, str] | None:
-    cursor.execute(
-        """SELECT c.oid, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-           WHERE n.nspname = %s AND c.relname = %s""",
-        (schema, table),
-    )
-    return cursor.fetchone()
-
-
-def _columns(cursor, oid: int) -> dict[str, dict]:
-    """name -> {type (SQL text), generated, identity, attnum}, in column order."""
-    cursor.execute(
-        """SELECT attname, format_type(atttypid, atttypmod), attgenerated <> '', attidentity, attnum
-           FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum""",
-        (oid,),
-    )
-    return {
-        name: {"type": kind, "generated": generated, "identity": identity, "attnum": attnum}
-        for name, kind, generated, identity, attnum in cursor.fetchall()
-    }
-
-
-@dataclass(frozen=True)
-class ForeignKey:
-    name: str
-    columns: tuple[str, ...]
-    ref_oid: int
-    ref_columns: tuple[str, ...]
-
-
-def _foreign_keys(cursor, oid: int) -> list[ForeignKey]:
-    cursor.execute(
-        """SELECT c.conname, c.confrelid,
-                  ARRAY(SELECT a.attname FROM unnest(c.conkey) WITH ORDINALITY k(n, i)
-                        JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = k.n ORDER BY k.i),
-                  ARRAY(SELECT a.attname FROM unnest(c.confkey) WITH ORDINALITY k(n, i)
-                        JOIN pg_attribute a ON a.attrelid = c.confrelid AND a.attnum = k.n ORDER BY k.i)
-           FROM pg_constraint c WHERE c.conrelid = %s AND c.contype = 'f' ORDER BY c.conname""",
-        (oid,),
-    )
-    return [ForeignKey(name, tuple(cols), ref, tuple(ref_cols)) for name, ref, cols, ref_cols in cursor.fetchall()]
-
-
-def _unique_indexes(cursor, oid: int) -> list[tuple[str, tuple[str, ...]]]:
-    """Unique indexes on plain columns, without predicate, other than the primary key: (name, columns)."""
-    cursor.execute(
-        """SELECT ic.relname, ARRAY(SELECT a.attname FROM unnest(i.indkey) WITH ORDINALITY k(n, o)
-                                    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.n ORDER BY k.o)
-           FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
-           WHERE i.indrelid = %s AND i.indisunique AND NOT i.indisprimary AND i.indpred IS NULL
-             AND i.indexprs IS NULL AND 0 <> ALL (i.indkey)
-           ORDER BY ic.relname""",
-        (oid,),
-    )
-    return [(name, tuple(cols)) for name, cols in cursor.fetchall()]
-
-
-def _qualified(cursor, oid: int):
-    cursor.execute(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s",
-        (oid,),
-    )
-    return pgsql.Identifier(*cursor.fetchone())
-
-
-def target_exists(cursor, entry: dict) -> tuple[bool, bool]:
-    """(the source table exists, the source column exists) now."""
-    found = _relation(cursor, entry["source_schema"], entry["source_table"])
-    if not found:
-        return False, False
-    if not entry.get("source_column"):
-        return True, False
-    return True, entry["source_column"] in _columns(cursor, found[0])
-
-
-# -- one entry -------------------------------------------------------------------------------------
-def _and(parts: list) -> pgsql.Composable:
-    return pgsql.SQL(" AND ").join(parts) if parts else pgsql.SQL("true")
-
-
-def _or(parts: list) -> pgsql.Composable:
-    return pgsql.SQL("(") + pgsql.SQL(" OR ").join(parts) + pgsql.SQL(")") if parts else pgsql.SQL("false")
-
-
-def _match(left: str, right: str, columns) -> pgsql.Composable:
-    return _and(
-        [
-            pgsql.SQL("{}.{} = {}.{}").format(
-                pgsql.SQL(left), pgsql.Identifier(c), pgsql.SQL(right), pgsql.Identifier(c)
-            )
-            for c in columns
-        ]
-    )
-
-
-def _same(left: str, right: str, columns) -> pgsql.Composable:
-    """Values equal as text (every type has a text form; json has no equality operator)."""
-    return _and(
-        [
-            pgsql.SQL("{}.{}::text IS NOT DISTINCT FROM {}.{}::text").format(
-                pgsql.SQL(left), pgsql.Identifier(c), pgsql.SQL(right), pgsql.Identifier(c)
-            )
-            for c in columns
-        ]
-    )
-
-
-def _render_key(columns: list[str], values: tuple) -> str:
-    if len(columns) == 1:
-        return f"{columns[0]}={values[0]}"
-    return f"({', '.join(columns)})=({', '.join('NULL' if v is None else str(v) for v in values)})"
-
-
-class _Unrestorable(Exception):
-    """None of an entry's rows can be restored (kind, note): every archived row is a conflict."""
-
-    def __init__(self, kind: str, note: str):
-        super().__init__(note)
-        self.kind, self.note = kind, note
-
-
-class _Entry:
+class _Entry(StagedEntry):
     """The restore of one manifest entry (see the module docstring); `run()` returns its report."""
 
-    def __init__(self, cursor, entry: dict, *, apply: bool, fresh_columns: set, stage_name: str):
-        self.cur, self.entry, self.apply = cursor, entry, apply
-        self.fresh_columns = fresh_columns
-        self.column = entry.get("source_column")
-        self.action = entry.get("action") or (DROP_COLUMN if self.column else DROP_TABLE)
-        self.values: list[str] | None = None  # the columns written back by key (column and value modes)
-        self.archive = pgsql.Identifier(ARCHIVE_SCHEMA, entry["archive_table"])
-        self.stage = pgsql.Identifier("pg_temp", stage_name)
-        self.report = {
-            "id": entry["id"],
-            "run_id": entry["run_id"],
-            "source": describe_entry(entry),
-            "schema": entry["source_schema"],
-            "table": entry["source_table"],
-            "column": self.column,
-            "action": self.action,
-            "archive_table": f'{ARCHIVE_SCHEMA}."{entry["archive_table"]}"',
-            "archived_rows": entry["row_count"],
-            "restored": 0,
-            "already_present": 0,
-            "conflict_rows": 0,
-            "conflicts": [],
-            "predicted": False,
-            "note": "",
-            "outcome": "",
-        }
-
-    # -- helpers
-    def _count(self, statement, params=()) -> int:
-        self.cur.execute(statement, params)
-        return int(self.cur.fetchone()[0])
-
-    def _keys(self, source, alias: str, keys: list[str], condition) -> list[str]:
-        if not keys:
-            return []
-        columns = pgsql.SQL(", ").join(
-            pgsql.SQL("{}.{}::text").format(pgsql.SQL(alias), pgsql.Identifier(k)) for k in keys
-        )
-        order = pgsql.SQL(", ").join(pgsql.SQL("{}.{}").format(pgsql.SQL(alias), pgsql.Identifier(k)) for k in keys)
-        self.cur.execute(
-            pgsql.SQL("SELECT {} FROM {} {} WHERE {} ORDER BY {} LIMIT {}").format(
-                columns, source, pgsql.SQL(alias), condition, order, pgsql.Literal(MAX_KEYS)
-            )
-        )
-        return [_render_key(keys, row) for row in self.cur.fetchall()]
-
-    def conflict(self, kind: str, rows: int, keys: list[str] | None = None, **detail) -> None:
-        if rows:
-            self.report["conflicts"].append({"kind": kind, "rows": rows, "keys": keys or [], **detail})
-
-    # -- the work
     def run(self) -> dict:
         try:
             self._run()
-        except _Unrestorable as stop:
+        except Unrestorable as stop:
             self.conflict(stop.kind, self.entry["row_count"])
             self.report.update(conflict_rows=self.entry["row_count"], note=stop.note)
         return self.report
@@ -420,28 +92,28 @@ class _Entry:
     def _locate(self) -> tuple[dict, dict, int] | None:
         """(archive columns, table columns, archived rows); None when check mode predicts instead."""
         cur, entry = self.cur, self.entry
-        archive = _relation(cur, ARCHIVE_SCHEMA, entry["archive_table"])
+        archive = relation(cur, ARCHIVE_SCHEMA, entry["archive_table"])
         if not archive:
-            raise _Unrestorable("archive_missing", f"the archive table {self.report['archive_table']} is gone")
+            raise Unrestorable("archive_missing", f"the archive table {self.report['archive_table']} is gone")
         archived = self._count(pgsql.SQL("SELECT count(*) FROM {}").format(self.archive))
         if archived != entry["row_count"]:
             self.conflict("archive_count", abs(archived - entry["row_count"]), archive_rows=archived)
-        archive_columns = _columns(cur, archive[0])
-        target = _relation(cur, entry["source_schema"], entry["source_table"])
+        archive_columns = columns_of(cur, archive[0])
+        target = relation(cur, entry["source_schema"], entry["source_table"])
         if not target and not self.apply:
             self._predict_new_table(archived)
             return None
         if not target:
-            raise _Unrestorable("no_table", f"{self.report['schema']}.{self.report['table']} does not exist")
+            raise Unrestorable("no_table", f"{self.report['schema']}.{self.report['table']} does not exist")
         if target[1] not in ("r", "p"):
-            raise _Unrestorable("not_a_table", f"{self.report['source']} is not a table (relkind {target[1]})")
+            raise Unrestorable("not_a_table", f"{self.report['source']} is not a table (relkind {target[1]})")
         self.target_oid = target[0]
         self.target = pgsql.Identifier(entry["source_schema"], entry["source_table"])
-        target_columns = _columns(cur, target[0])
+        target_columns = columns_of(cur, target[0])
         keys = list(entry["key_columns"]) or [c for c in archive_columns if c in target_columns and c != self.column]
         missing_keys = [k for k in keys if k not in archive_columns or k not in target_columns]
         if missing_keys or not keys:
-            raise _Unrestorable(
+            raise Unrestorable(
                 "no_key", f"key column(s) {', '.join(missing_keys) or '(none)'} not in both the archive and the table"
             )
         self.keys = keys
@@ -489,18 +161,18 @@ class _Entry:
             self.values = [c for c in archive_columns if c not in self.keys and (not self.column or c == self.column)]
             gone = [c for c in self.values if c not in target_columns]
             if gone or not self.values:
-                raise _Unrestorable("no_column", f"{self.report['source']}: column(s) {', '.join(gone)} do not exist")
+                raise Unrestorable("no_column", f"{self.report['source']}: column(s) {', '.join(gone)} do not exist")
             columns = [*self.keys, *self.values]
         elif self.column is not None:
             if self.column not in archive_columns:
-                raise _Unrestorable("archive_missing", f"the archive has no column {self.column}")
+                raise Unrestorable("archive_missing", f"the archive has no column {self.column}")
             if self.column not in target_columns and not self.apply:
                 self._predict_new_column(archive_columns, target_columns)
                 return None
             if self.column not in target_columns:
-                raise _Unrestorable("no_column", f"{self.report['source']} does not exist")
+                raise Unrestorable("no_column", f"{self.report['source']} does not exist")
             if target_columns[self.column]["generated"]:
-                raise _Unrestorable("generated_column", f"{self.report['source']} is a generated column")
+                raise Unrestorable("generated_column", f"{self.report['source']} is a generated column")
             self.values = [self.column]
             columns = [*self.keys, self.column]
         else:
@@ -512,109 +184,11 @@ class _Entry:
                 )
         return columns
 
-    def _stage(self, archive_columns: dict, target_columns: dict, columns: list[str]) -> None:
-        """CREATE the staging table: `columns` of the archive, cast to the table's types, valid rows only."""
-        exprs, checks = [], []
-        for name in columns:
-            ident = pgsql.Identifier(name)
-            source_type = archive_columns[name]["type"]
-            target_type = target_columns[name]["type"] if name in target_columns else source_type
-            if source_type == target_type:
-                exprs.append(pgsql.SQL("a.{}").format(ident))
-                continue
-            exprs.append(pgsql.SQL("CAST(a.{}::text AS {}) AS {}").format(ident, pgsql.SQL(target_type), ident))
-            checks.append(
-                (
-                    name,
-                    pgsql.SQL("(a.{} IS NULL OR pg_input_is_valid(a.{}::text, {}))").format(
-                        ident, ident, pgsql.Literal(target_type)
-                    ),
-                )
-            )
-        valid = _and([check for _name, check in checks])
-        self.entry_invalid = 0
-        for name, check in checks:
-            rows = self._count(pgsql.SQL("SELECT count(*) FROM {} a WHERE NOT {}").format(self.archive, check))
-            if rows:
-                keys = self._keys(self.archive, "a", self.keys, pgsql.SQL("NOT ") + check)
-                self.conflict("invalid_value", rows, keys, column=name, type=target_columns[name]["type"])
-        if checks:
-            self.entry_invalid = self._count(
-                pgsql.SQL("SELECT count(*) FROM {} a WHERE NOT ({})").format(self.archive, valid)
-            )
-        self.cur.execute(pgsql.SQL("DROP TABLE IF EXISTS {}").format(self.stage))
-        self.cur.execute(
-            pgsql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} a WHERE {}").format(
-                pgsql.Identifier(self.stage.strings[-1]), pgsql.SQL(", ").join(exprs), self.archive, valid
-            )
-        )
-
-    def _blocked(self, columns: list[str], present) -> pgsql.Composable:
-        """A condition on staged rows `s` true where writing them would break a foreign key or a unique index,
-        and the conflicts it finds (among the rows that `present` says would be written)."""
-        blocked = []
-        for fk in _foreign_keys(self.cur, self.target_oid):
-            if not set(fk.columns) <= set(columns) or (self.values and not set(self.values) & set(fk.columns)):
-                continue
-            ref = _qualified(self.cur, fk.ref_oid)
-            ok = pgsql.SQL("({} OR EXISTS (SELECT 1 FROM {} r WHERE {}){})").format(
-                _or([pgsql.SQL("s.{} IS NULL").format(pgsql.Identifier(c)) for c in fk.columns]),
-                ref,
-                _and(
-                    [
-                        pgsql.SQL("r.{} = s.{}").format(pgsql.Identifier(rc), pgsql.Identifier(c))
-                        for c, rc in zip(fk.columns, fk.ref_columns, strict=True)
-                    ]
-                ),
-                # A row referencing another restored row of the same table is fine: inserted together.
-                pgsql.SQL(" OR EXISTS (SELECT 1 FROM {} s2 WHERE {})").format(
-                    self.stage,
-                    _and(
-                        [
-                            pgsql.SQL("s2.{} = s.{}").format(pgsql.Identifier(rc), pgsql.Identifier(c))
-                            for c, rc in zip(fk.columns, fk.ref_columns, strict=True)
-                        ]
-                    ),
-                )
-                if fk.ref_oid == self.target_oid and set(fk.ref_columns) <= set(columns)
-                else pgsql.SQL(""),
-            )
-            condition = pgsql.SQL("NOT ") + ok
-            rows = self._count(
-                pgsql.SQL("SELECT count(*) FROM {} s WHERE {} AND {}").format(self.stage, present, condition)
-            )
-            keys = (
-                self._keys(self.stage, "s", self.keys, pgsql.SQL("{} AND {}").format(present, condition))
-                if rows
-                else []
-            )
-            self.conflict("missing_reference", rows, keys, constraint=fk.name)
-            blocked.append(condition)
-        for name, unique_columns in _unique_indexes(self.cur, self.target_oid):
-            if not set(unique_columns) <= set(columns) or (self.values and not set(self.values) & set(unique_columns)):
-                continue
-            if set(unique_columns) <= set(self.keys):
-                continue  # the key itself: that is what `present` is about
-            condition = pgsql.SQL("EXISTS (SELECT 1 FROM {} t WHERE {} AND NOT ({}))").format(
-                self.target, _match("t", "s", unique_columns), _match("t", "s", self.keys)
-            )
-            rows = self._count(
-                pgsql.SQL("SELECT count(*) FROM {} s WHERE {} AND {}").format(self.stage, present, condition)
-            )
-            keys = (
-                self._keys(self.stage, "s", self.keys, pgsql.SQL("{} AND {}").format(present, condition))
-                if rows
-                else []
-            )
-            self.conflict("duplicate_unique", rows, keys, constraint=name)
-            blocked.append(condition)
-        return _or(blocked)
-
     def _restore_rows(self, target_columns: dict, columns: list[str]) -> None:
-        has_key = pgsql.SQL("EXISTS (SELECT 1 FROM {} t WHERE {})").format(self.target, _match("t", "s", self.keys))
+        has_key = pgsql.SQL("EXISTS (SELECT 1 FROM {} t WHERE {})").format(self.target, match("t", "s", self.keys))
         data = [c for c in columns if c not in self.keys]
         same = pgsql.SQL("EXISTS (SELECT 1 FROM {} t WHERE {} AND {})").format(
-            self.target, _match("t", "s", self.keys), _same("t", "s", data)
+            self.target, match("t", "s", self.keys), same_text("t", "s", data)
         )
         self.report["already_present"] = self._count(
             pgsql.SQL("SELECT count(*) FROM {} s WHERE {}").format(self.stage, same)
@@ -673,9 +247,9 @@ class _Entry:
         """The archived values of `self.values` written back by key where `fresh` (a column this transaction
         created); elsewhere only compared: a different value is a conflict, a missing row too."""
         values = self.values
-        has_key = pgsql.SQL("EXISTS (SELECT 1 FROM {} t WHERE {})").format(self.target, _match("t", "s", self.keys))
+        has_key = pgsql.SQL("EXISTS (SELECT 1 FROM {} t WHERE {})").format(self.target, match("t", "s", self.keys))
         same = pgsql.SQL("EXISTS (SELECT 1 FROM {} t WHERE {} AND {})").format(
-            self.target, _match("t", "s", self.keys), _same("t", "s", values)
+            self.target, match("t", "s", self.keys), same_text("t", "s", values)
         )
         missing = pgsql.SQL("NOT ") + has_key
         rows = self._count(pgsql.SQL("SELECT count(*) FROM {} s WHERE {}").format(self.stage, missing))
@@ -707,8 +281,8 @@ class _Entry:
                     pgsql.SQL("{} = s.{}").format(pgsql.Identifier(c), pgsql.Identifier(c)) for c in values
                 ),
                 self.stage,
-                _match("t", "s", self.keys),
-                _same("t", "s", values),
+                match("t", "s", self.keys),
+                same_text("t", "s", values),
                 blocked,
             )
         )
@@ -728,7 +302,7 @@ class _Entry:
 
     def _predict_new_column(self, archive_columns: dict, target_columns: dict) -> None:
         self._stage(archive_columns, target_columns, [*self.keys, self.column])
-        has_key = pgsql.SQL("EXISTS (SELECT 1 FROM {} t WHERE {})").format(self.target, _match("t", "s", self.keys))
+        has_key = pgsql.SQL("EXISTS (SELECT 1 FROM {} t WHERE {})").format(self.target, match("t", "s", self.keys))
         present = self._count(pgsql.SQL("SELECT count(*) FROM {} s WHERE {}").format(self.stage, has_key))
         missing = pgsql.SQL("NOT ") + has_key
         rows = self._count(pgsql.SQL("SELECT count(*) FROM {} s WHERE {}").format(self.stage, missing))
@@ -748,65 +322,3 @@ def restore_entry(cursor, entry: dict, *, apply: bool, fresh_columns: set | None
     ).run()
     report["conflicts"].sort(key=lambda c: (c["kind"], c.get("column") or "", c.get("constraint") or ""))
     return report
-
-
-# -- order, many entries ---------------------------------------------------------------------------
-def restore_order(cursor, entries: list[dict]) -> list[dict]:
-    """Tables before columns; a table after the tables it references (foreign keys); else manifest order."""
-    tables = [e for e in entries if not e.get("source_column")]
-    columns = [e for e in entries if e.get("source_column")]
-    references: dict[int, set[tuple[str, str]]] = {}
-    for entry in tables:
-        found = _relation(cursor, entry["source_schema"], entry["source_table"])
-        refs = set()
-        if found:
-            cursor.execute(
-                """SELECT n.nspname, c.relname FROM pg_constraint k JOIN pg_class c ON c.oid = k.confrelid
-                   JOIN pg_namespace n ON n.oid = c.relnamespace
-                   WHERE k.conrelid = %s AND k.contype = 'f' AND k.confrelid <> k.conrelid""",
-                (found[0],),
-            )
-            refs = {tuple(row) for row in cursor.fetchall()}
-        references[entry["id"]] = refs
-    ordered, placed = [], set()
-    remaining = list(tables)
-    while remaining:
-        pending_targets = {(e["source_schema"], e["source_table"]) for e in remaining}
-        ready = [
-            e
-            for e in remaining
-            if not (references[e["id"]] & (pending_targets - {(e["source_schema"], e["source_table"])}))
-        ]
-        if not ready:  # a cycle: manifest order
-            ready = remaining[:1]
-        for entry in ready:
-            ordered.append(entry)
-            placed.add(entry["id"])
-        remaining = [e for e in remaining if e["id"] not in placed]
-    return ordered + columns
-
-
-def outcome_of(report: dict, accepted: bool) -> str:
-    if report["conflict_rows"] and accepted:
-        return (
-            f"restored {report['restored']} row(s); {report['conflict_rows']} conflicting row(s) left in the "
-            "archive, accepted"
-        )
-    return f"restored {report['restored']} row(s)" + (
-        f", {report['already_present']} already present" if report["already_present"] else ""
-    )
-
-
-def describe_conflicts(reports: list[dict], limit: int = 3) -> str:
-    """'public.t: 3 different (id=5, id=7, id=9); ...' for a message: kinds, counts and a few keys."""
-    parts = []
-    for report in reports:
-        for conflict in report["conflicts"]:
-            keys = conflict["keys"][:limit]
-            more = "" if len(conflict["keys"]) <= limit and conflict["rows"] <= len(keys) else ", ..."
-            where = conflict.get("column") if conflict["kind"] in ("invalid_value", "column_gone") else None
-            label = report["source"] + (f".{where}" if where and where != report.get("column") else "")
-            parts.append(
-                f"{label}: {conflict['rows']} {conflict['kind']}" + (f" ({', '.join(keys)}{more})" if keys else "")
-            )
-    return "; ".join(parts)

@@ -42,21 +42,9 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import time
 
-try:
-    from alembic.config import Config
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-
-    HAS_ALEMBIC = True
-except ImportError:  # pragma: no cover - the module reports missing_required_lib
-    HAS_ALEMBIC = False
-
-from ansible.module_utils.alembic_runner import ForeignConnection, database_budget
 from ansible.module_utils.pg_session import (
-    DSN_ENV_VAR,
     QUERY_CANCELED,
     RETRYABLE_CODES,
     BlockerWatch,
@@ -69,36 +57,26 @@ from ansible.module_utils.pg_session import (
     set_local_timeouts,
     sqlalchemy_connection,
 )
-from ansible.module_utils.runbook_plugin import NO_LOG_VALUES_KEY
+from ansible.module_utils.restore_catalog import target_exists
+from ansible.module_utils.restore_manifest import RestoreConflicts, RestoreError, describe_conflicts, read_manifest
+from ansible.module_utils.restore_transaction import after_upgrade, applicable, restore_in_transaction, restore_summary
 from ansible.module_utils.schema_alembic import (
     BASE,
-    ENV_PY_FIX,
-    _escape,
     _project,
-    _run_env,
     ancestors,
-    env_py_reads_connection,
-    heads,
     read_revisions,
-    resolve_target,
     version_table,
 )
 from ansible.module_utils.schema_errors import LockTimeoutExhausted, MigrationFailed, RefusedError, SchemaError
-from ansible.module_utils.schema_restore import (
-    RestoreConflicts,
-    RestoreError,
-    describe_conflicts,
-    ensure_manifest_columns,
-    mark_restored,
-    outcome_of,
-    read_manifest,
-    restore_entry,
-    restore_order,
-    target_exists,
+from ansible.module_utils.schema_revert import backoff_seconds, validate_job
+from ansible.module_utils.upgrade_alembic import (
+    _revision_value,
+    _run_upgrade,
+    check_env_py,
+    check_upgrade,
+    resolve_targets,
+    upgrade_steps,
 )
-from ansible.module_utils.schema_revert import backoff_seconds, new_run_id, validate_job
-from ansible.module_utils.schema_tasks import duplicate_names
-from ansible.module_utils.worker_pool import run_jobs
 
 
 def upgrade_job_defaults() -> dict:
@@ -130,187 +108,9 @@ def upgrade_job_defaults() -> dict:
 
 
 # -- revisions -----------------------------------------------------------------------------------
-def resolve_targets(script, revision: str) -> tuple[str, tuple[str, ...]]:
-    """(alembic's destination, the revisions the database must be at afterwards)."""
-    revision = str(revision or "heads").strip()
-    if revision in ("heads", "head"):
-        found = tuple(heads(script))
-        if revision == "head" and len(found) != 1:
-            raise RefusedError(
-                f"The script directory has multiple heads ({', '.join(found)}), so 'head' is ambiguous: "
-                "give 'heads' or one revision id."
-            )
-        return "heads", found
-    target = resolve_target(script, revision)
-    if target == BASE:
-        raise RefusedError("revision base would remove every migration: schema_upgrade only upgrades.")
-    return target, (target,)
-
-
-def check_upgrade(script, current: tuple[str, ...], targets: tuple[str, ...]) -> None:
-    """Refuse (RefusedError) unless every current revision is at or below a target: never a downgrade."""
-    below: set[str] = set()
-    for target in targets:
-        below |= ancestors(script, target)
-    for rev in current:
-        try:
-            script.get_revision(rev)
-        except Exception:
-            raise RefusedError(
-                f"The database is at revision {rev}, which the script directory does not contain: deploy with "
-                "the migrations of a release that knows it."
-            ) from None
-        if rev not in below:
-            raise RefusedError(
-                f"The database is at {rev}, which is not below the target {', '.join(targets)}: schema_upgrade "
-                "never downgrades (rollback.yml does); choose a later revision."
-            )
-
-
-def upgrade_steps(script, current: tuple[str, ...], destination: str) -> list[dict]:
-    steps = script._upgrade_revs(destination, current or None)
-    return [
-        {"revision": s.revision.revision, "down_revision": s.revision.down_revision, "doc": s.revision.doc}
-        for s in steps
-    ]
-
-
-def _revision_value(revisions) -> str | None:
-    return ",".join(sorted(revisions)) if revisions else None
-
-
-def _run_upgrade(project, script, conn, destination: str) -> None:
-    """alembic's `upgrade` on the caller's connection, inside the caller's transaction, the way the revert runs
-    its downgrade (alembic_runner.AlembicTool.run): env.py gets the connection in config.attributes, and any
-    connection of its own is refused before its first statement."""
-    cfg = Config(file_=project.config_file_name, toml_file=project.toml_file_name)
-    for key, value in project.get_section(project.config_ini_section, {}).items():
-        cfg.set_main_option(key, _escape(value))
-    cfg.attributes.update(connection=conn, configure_logger=False)
-    own = conn.engine
-
-    def refuse_foreign(connection, *_args) -> None:
-        if connection.engine is not own:
-            raise ForeignConnection(
-                f"{os.path.join(script.dir, 'env.py')} opened a database connection of its own; the upgrade runs "
-                "only on the module's connection (config.attributes['connection'], see env_py_fix)"
-            )
-
-    event.listen(Engine, "engine_connect", refuse_foreign)
-    try:
-        _run_env(
-            cfg,
-            script,
-            fn=lambda rev, _ctx: script._upgrade_revs(destination, rev),
-            as_sql=False,
-            destination_rev=destination,
-        )
-    finally:
-        event.remove(Engine, "engine_connect", refuse_foreign)
-
-
-def check_env_py(script) -> None:
-    """Refuse (before any DDL) an env.py that ignores the connection handed to it: its upgrade would run on a
-    connection without the advisory lock and timeouts, and outside the restore's transaction."""
-    env_py = os.path.join(script.dir, "env.py")
-    if not env_py_reads_connection(env_py):
-        error = RefusedError(
-            f"{env_py} ignores the connection the module hands it (config.attributes['connection']), so its upgrade "
-            "would run outside the runbook's guards and the restore's transaction: refused before any DDL; add the "
-            "lines of env_py_fix at the top of run_migrations_online(), then run again."
-        )
-        error.details = {"env_py": env_py, "env_py_fix": ENV_PY_FIX}
-        raise error
 
 
 # -- the restore's part ----------------------------------------------------------------------------
-def applicable(entries: list[dict], reached: set[str]) -> tuple[list[dict], list[dict]]:
-    """(entries whose from_revision the database is back at or beyond, the others: waiting)."""
-    ready = [e for e in entries if e.get("from_revision") in reached]
-    waiting = [e for e in entries if e.get("from_revision") not in reached]
-    return ready, waiting
-
-
-def after_upgrade(cursor, script, pending: list[dict], before: dict, targets) -> tuple[list, list, set]:
-    """(entries to restore now, entries waiting, the columns this transaction created), after the upgrade.
-
-    An entry is restored when the database is back at (or beyond) its from_revision, or when this
-    transaction (re)created its table or column, at whatever revision: a later upgrade would find the
-    column holding the upgrade's defaults, or values written since, and could no longer tell them apart.
-    A column this transaction created holds the upgrade's defaults: the archived values replace them."""
-    reached: set[str] = set()
-    for target in targets:
-        reached |= ancestors(script, target)
-    ready, waiting, fresh = [], [], set()
-    for entry in pending:
-        level = 1 if entry.get("source_column") else 0
-        created = target_exists(cursor, entry)[level] and not before[entry["id"]][level]
-        if entry.get("from_revision") in reached or created:
-            ready.append(entry)
-            if created and level:
-                fresh.add((entry["source_schema"], entry["source_table"], entry["source_column"]))
-        else:
-            waiting.append(entry)
-    return ready, waiting, fresh
-
-
-def restore_summary(reports: list[dict], waiting: list[dict], accepted: set[str]) -> dict:
-    runs = sorted({r["run_id"] for r in reports})
-    return {
-        "archives": reports,
-        "runs": runs,
-        "rows_restored": sum(r["restored"] for r in reports),
-        "already_present": sum(r["already_present"] for r in reports),
-        "conflict_rows": sum(r["conflict_rows"] for r in reports),
-        "conflicting_runs": sorted({r["run_id"] for r in reports if r["conflict_rows"]}),
-        "accepted": sorted({r["run_id"] for r in reports if r["conflict_rows"] and r["run_id"] in accepted}),
-        "predicted": any(r["predicted"] for r in reports),
-        "waiting": [
-            {"run_id": e["run_id"], "source": _source(e), "from_revision": e.get("from_revision")} for e in waiting
-        ],
-    }
-
-
-def _source(entry: dict) -> str:
-    what = f"{entry['source_schema']}.{entry['source_table']}"
-    return what + (f".{entry['source_column']}" if entry.get("source_column") else "")
-
-
-def conflicts_message(summary: dict, unaccepted: list[str]) -> str:
-    reports = [r for r in summary["archives"] if r["run_id"] in unaccepted and r["conflict_rows"]]
-    rows = sum(r["conflict_rows"] for r in reports)
-    runs = ", ".join(unaccepted)
-    return (
-        f"{rows} archived row(s) of rollback run {runs} cannot be restored without overwriting or losing data "
-        f"({describe_conflicts(reports)}): nothing was changed, the upgrade was rolled back with the restore; "
-        f"review them (check mode lists them), then accept with accept_conflicts [{runs}] "
-        "(deploy.yml: -e deploy_accept_restore_conflicts=<run id>) to restore the other rows and keep these in "
-        "the archive."
-    )
-
-
-def restore_in_transaction(cursor, entries: list[dict], *, fresh: set, job: dict, apply: bool) -> dict:
-    """Restore (or analyse) `entries` in the caller's transaction; mark them when applying.
-
-    Raises RestoreConflicts (applying) when an entry of a run not in accept_conflicts has conflicts."""
-    accepted = set(job.get("accept_conflicts") or [])
-    if apply and entries:
-        ensure_manifest_columns(cursor)
-    reports = [restore_entry(cursor, e, apply=apply, fresh_columns=fresh) for e in restore_order(cursor, entries)]
-    summary = restore_summary(reports, [], accepted)
-    unaccepted = [run for run in summary["conflicting_runs"] if run not in accepted]
-    for report in reports:
-        report["accepted"] = report["run_id"] in accepted and bool(report["conflict_rows"])
-        report["outcome"] = outcome_of(report, report["accepted"])
-    if apply and unaccepted:
-        raise RestoreConflicts(conflicts_message(summary, unaccepted), summary)
-    if apply:
-        by_id = {e["id"]: e for e in entries}
-        for report in reports:
-            mark_restored(
-                cursor, by_id[report["id"]], run_id=job["run_id"], restored_by=job["restored_by"], report=report
-            )
-    return summary
 
 
 # -- one database ----------------------------------------------------------------------------------
@@ -560,100 +360,6 @@ def _failure(exc: BaseException, code: str | None, current, targets, job: dict) 
 
 
 # -- many databases --------------------------------------------------------------------------------
-def _lost_database(job: dict, reason: str) -> dict:
-    return {
-        "name": job.get("name"),
-        "changed": False,
-        "failed": True,
-        "check_mode": bool(job.get("check_mode")),
-        "run_id": job.get("run_id"),
-        "from_revision": None,
-        "to_revision": None,
-        "steps": [],
-        "attempts": 0,
-        "attempt_log": [],
-        "lock_wait_seconds": 0.0,
-        "restore": None,
-        "msg": redact(
-            f"Cannot tell whether the upgrade finished: {reason}. Its transaction was not committed by this run "
-            "unless the database now reports the target revision: read its state (status.yml) before running again.",
-            job.get("dsn"),
-        ),
-    }
-
-
-def upgrade_databases(jobs: list[dict], parallel: int = 2, database_timeout: float | None = None) -> list[dict]:
-    """upgrade_database() for every job, at most `parallel` at a time (new interpreters), results in job order."""
-    if database_timeout:
-        jobs = [{**job, "database_timeout": database_timeout} for job in jobs]
-    workers = max(1, min(int(parallel), len(jobs)))
-    if workers == 1:
-        return [upgrade_database(job) for job in jobs]
-    return run_jobs(
-        "ansible.module_utils.upgrade_runner:upgrade_database", jobs, workers, database_budget, _lost_database
-    )
 
 
 # -- the plugin ------------------------------------------------------------------------------------
-JOB_OPTIONS = (
-    "tool",
-    "config_file",
-    "script_location",
-    "version_locations",
-    "revision",
-    "restore",
-    "accept_conflicts",
-    "restored_by",
-    "lock_timeout",
-    "lock_attempts",
-    "lock_backoff",
-    "lock_backoff_max",
-    "statement_timeout",
-    "advisory_lock_wait",
-    "application_name",
-    "connect_timeout",
-    "require_verified_tls",
-)
-
-
-def run_schema_upgrade(params: dict, check_mode: bool = False, diff: bool = False) -> dict:
-    """The schema_upgrade plugin (see plugins/modules/schema_upgrade.py)."""
-    if params["parallel"] < 1:
-        return {"changed": False, "failed": True, "msg": "parallel must be at least 1."}
-    base = {key: params[key] for key in JOB_OPTIONS}
-    base.update(check_mode=check_mode, run_id=params["run_id"] or new_run_id())
-    base["accept_conflicts"] = [str(r).strip() for r in base["accept_conflicts"] or [] if str(r).strip()]
-    if params["databases"] is None:
-        dsn = params["dsn"] or os.environ.get(DSN_ENV_VAR)
-        result = upgrade_database({**base, "dsn": dsn})
-        for key in ("name", "check_mode"):
-            result.pop(key, None)
-        if dsn:
-            result[NO_LOG_VALUES_KEY] = [dsn]
-        return result
-    problem = duplicate_names(params["databases"])
-    if problem:
-        return {"changed": False, "failed": True, "msg": problem}
-    jobs = [{**base, "name": db["name"], "dsn": db["dsn"]} for db in params["databases"]]
-    results = upgrade_databases(jobs, params["parallel"], params["database_timeout"])
-    failed = [r for r in results if r["failed"]]
-    restored = sum((r.get("restore") or {}).get("rows_restored", 0) for r in results if not r["failed"])
-    summary = {
-        "changed": any(r["changed"] for r in results),
-        "databases": results,
-        "run_id": base["run_id"],
-        "rows_restored": restored,
-    }
-    if failed:
-        return {
-            **summary,
-            "failed": True,
-            "msg": f"Cannot upgrade {len(failed)} of {len(results)} database(s): "
-            + "; ".join(f"{r['name']}: {r['msg']}" for r in failed),
-        }
-    verb = ("would be upgraded", "would be restored") if check_mode else ("upgraded", "restored")
-    summary["msg"] = (
-        f"{sum(bool(r['steps']) for r in results)} of {len(results)} database(s) {verb[0]}; "
-        f"{restored} archived row(s) {verb[1]}."
-    )
-    return summary

@@ -236,7 +236,7 @@ from ansible.module_utils.pg_options import schema_upgrade_spec
 from ansible.module_utils.runbook_plugin import Plugin
 
 try:
-    from ansible.module_utils.upgrade_runner import run_schema_upgrade
+    from ansible.module_utils.upgrade_tasks import run_schema_upgrade
 except ImportError as exc:  # alembic, SQLAlchemy or psycopg2 is missing on the controller
     run_schema_upgrade, IMPORT_ERROR = None, exc
 else:

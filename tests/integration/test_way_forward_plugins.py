@@ -49,7 +49,7 @@ def test_the_way_forward_plugins_give_the_same_result_on_both_paths(tmp_path, ap
 
 def test_many_databases_are_upgraded_and_restored_in_worker_processes(app_template):
     from ansible.module_utils.pg_options import schema_upgrade_spec  # noqa: PLC0415
-    from ansible.module_utils.upgrade_runner import run_schema_upgrade  # noqa: PLC0415
+    from ansible.module_utils.upgrade_tasks import run_schema_upgrade  # noqa: PLC0415
 
     databases = [clone_app_db(app_template, "t_" + secrets.token_hex(6)) for _ in range(3)]
     try:

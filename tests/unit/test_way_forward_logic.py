@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 from ansible.module_utils.archive_retention import MIN_RETENTION_DAYS, _check_params, group_archives, purge_selection
 from ansible.module_utils.pg_options import rollback_archive_spec, schema_upgrade_spec
-from ansible.module_utils.schema_restore import describe_conflicts, outcome_of
-from ansible.module_utils.upgrade_runner import conflicts_message, restore_summary
+from ansible.module_utils.restore_manifest import describe_conflicts, outcome_of
+from ansible.module_utils.restore_transaction import conflicts_message, restore_summary
 
 DAY = 86400.0
 
