@@ -5,6 +5,10 @@ It plays REPO-APP-API-001 of SEQ-OF-004 against the real schema and the real Unl
 - flag on  -> the new logic: `documents.transform_version = 2` and a `transformation_jobs` row;
 - flag off -> the legacy logic: `documents` (no `transform_version` named) and `transformation_results`.
 
+`GET /documents/<id>` reads a document back through the same path: on the new one with its
+`transform_version` and `transformation_jobs` rows (what the way-forward drill reads after a
+rollback and a new deployment), on the legacy one with its `transformation_results`.
+
 The flag is read per request from the SDK's in-memory state, which the SDK refreshes from Unleash
 every `refresh_interval` seconds (15 s by default, as in production). With the flag on and the
 feature's schema gone, the new path fails with 503: what a wrong rollback order looks like.
@@ -155,6 +159,31 @@ def transform(db: Database, new_path: bool, external_ref: str, payload: dict) ->
     return document_id
 
 
+NEW_READ = (
+    "SELECT id, external_ref, status, transform_version FROM documents WHERE id = %s",
+    "SELECT id, stage::text, pipeline_version, output FROM transformation_jobs WHERE document_id = %s ORDER BY id",
+)
+LEGACY_READ = (
+    "SELECT id, external_ref, status FROM documents WHERE id = %s",
+    "SELECT id, engine, output FROM transformation_results WHERE document_id = %s ORDER BY id",
+)
+
+
+def read_document(db: Database, new_path: bool, document_id: int) -> dict | None:
+    """One document and what its path wrote for it (jobs, or legacy results); None if there is none."""
+    read_document_row, read_rows = NEW_READ if new_path else LEGACY_READ
+    with db.transaction() as cur:
+        cur.execute(read_document_row, (document_id,))
+        row = cur.fetchone()
+        if row is None:
+            return None
+        document = dict(zip([c.name for c in cur.description], row, strict=True))
+        cur.execute(read_rows, (document_id,))
+        names = [c.name for c in cur.description]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+    return {"document": document, "jobs" if new_path else "results": rows}
+
+
 def _parse(body: object) -> tuple[str, dict]:
     if body is None:
         return f"req-{uuid.uuid4().hex}", {}
@@ -168,6 +197,22 @@ def _parse(body: object) -> tuple[str, dict]:
 
 
 # -- the web app ----------------------------------------------------------------------------------
+def _document_route(app: Flask, instance: str, flags, db: Database, flag_name: str) -> None:
+    """GET /documents/<id>: the document read back through the path the flag picks now."""
+
+    @app.get("/documents/<int:document_id>")
+    def _document(document_id: int):
+        new_path = flags.is_enabled(flag_name)
+        path = "new" if new_path else "legacy"
+        try:
+            found = read_document(db, new_path, document_id)
+        except psycopg2.Error as exc:
+            return jsonify(error=type(exc).__name__, instance=instance, path=path), 503
+        if found is None:
+            return jsonify(error="NotFound", instance=instance, path=path), 404
+        return jsonify(instance=instance, path=path, **found)
+
+
 class AspNetCoreMetrics:
     """The names ASP.NET Core 8 exports through OpenTelemetry's Prometheus exporter: the histogram
     http.server.request.duration (s) of meter Microsoft.AspNetCore.Hosting, with the attributes
@@ -269,6 +314,8 @@ def create_app(  # noqa: PLR0915 - one app, its routes read top-down
             # The error class only: a DB message may quote data, and this is what a client sees.
             return jsonify(error=type(exc).__name__, instance=instance, path=path), 503
         return jsonify(instance=instance, path=path, document_id=document_id, external_ref=external_ref)
+
+    _document_route(app, instance, flags, db, flag_name)
 
     @app.get("/status")
     def _status():

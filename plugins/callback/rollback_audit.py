@@ -96,7 +96,7 @@ options:
       - Basenames (shell patterns) of the playbooks to audit; other playbooks are not recorded.
     type: list
     elements: str
-    default: [rollback.yml, deploy.yml]
+    default: [rollback.yml, deploy.yml, archive_purge.yml]
     env:
       - name: ROLLBACK_AUDIT_PLAYBOOKS
     ini:

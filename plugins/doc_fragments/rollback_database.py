@@ -35,7 +35,7 @@ options:
     description:
       - "The migration tool that manages the database: C(alembic) (the project's revisions and version
         table, from O(config_file) or O(script_location)) or C(efcore) (EF Core's C(__EFMigrationsHistory),
-        and for M(schema_migration) a down script of C(dotnet ef migrations script), O(script))."
+        and for M(schema_migration) a down script of C(dotnet ef migrations script), its option C(script))."
     type: str
     choices: [alembic, efcore]
     default: alembic

@@ -10,7 +10,7 @@ name: rollback_guard
 short_description: Check a rollback (or deploy) request before anything is contacted; the request as checked
 description:
   - >-
-    C(lookup('rollback_guard', 'rollback')) (or C('deploy')) is meant for the C(hosts) keyword of a
+    C(lookup('rollback_guard', 'rollback')) (C('deploy') for deploy.yml, C('purge') for archive_purge.yml) is meant for the C(hosts) keyword of a
     playbook's first play, which Ansible templates before the play starts and which no command-line
     option can skip (C(--start-at-task), C(--tags) and C(--step) select tasks, not plays). It returns
     C(localhost), or fails the playbook, before any task runs, with one sentence saying what to do.

@@ -49,7 +49,10 @@ REQUEST_INPUTS = {
         "rollback_revision",
         "rollback_accept_data_statements",
     ),
-    "deploy": ("env", "reason", "ticket", "confirm", "operator", "deploy_revision"),
+    # deploy_accept_restore_conflicts: rollback run ids whose conflicting archived rows stay archived (audited).
+    "deploy": ("env", "reason", "ticket", "confirm", "operator", "deploy_revision", "deploy_accept_restore_conflicts"),
+    # archive_purge_run_ids: the rollback runs whose archives to purge (default: all past the retention).
+    "purge": ("env", "reason", "ticket", "confirm", "operator", "archive_purge_run_ids"),
 }
 # Operational knobs an on-call engineer may need in an emergency (slow APIs, busy databases).
 TUNABLES = (

@@ -81,3 +81,39 @@ def schema_state_spec() -> dict:
         "mutually_exclusive": [("dsn", "databases")],
         "required_if": [("record_rollback_point", True, ("recorded_by",))],
     }
+
+
+def schema_upgrade_spec() -> dict:
+    """schema_upgrade's AnsibleModule arguments (documented in plugins/modules/schema_upgrade.py)."""
+    spec = database_argument_spec(parallel=2)
+    spec.update(
+        revision={"type": "str", "default": "heads"},
+        restore={"type": "bool", "default": True},
+        accept_conflicts={"type": "list", "elements": "str", "default": []},
+        restored_by={"type": "str"},
+        lock_timeout={"type": "float", "default": 2.0},
+        lock_attempts={"type": "int", "default": 5},
+        lock_backoff={"type": "float", "default": 0.5},
+        lock_backoff_max={"type": "float", "default": 5.0},
+        statement_timeout={"type": "float", "default": 60.0},
+        database_timeout={"type": "float"},
+    )
+    return {"argument_spec": spec, "mutually_exclusive": [("dsn", "databases")]}
+
+
+def rollback_archive_spec() -> dict:
+    """rollback_archive's AnsibleModule arguments (documented in plugins/modules/rollback_archive.py)."""
+    spec = database_argument_spec(parallel=4)
+    spec.update(
+        purge={"type": "bool", "default": False},
+        retention_days={"type": "int", "default": 30},
+        run_ids={"type": "list", "elements": "str", "default": []},
+        purged_by={"type": "str"},
+        lock_timeout={"type": "float", "default": 2.0},
+        statement_timeout={"type": "float", "default": 60.0},
+    )
+    return {
+        "argument_spec": spec,
+        "mutually_exclusive": [("dsn", "databases")],
+        "required_if": [("purge", True, ("purged_by",))],
+    }

@@ -6,6 +6,9 @@
              [--kill] [--parallel N] [-e VAR=VALUE ...]
     dba-fix  SCENARIO                               record what a failed downgrade left, then undo 0003 by hand
     report   SCENARIO                               what the drill did, readable (steps, load, notifications, audit)
+    snapshot SCENARIO --label NAME                  checksums of the feature's rows now (the way-forward drill)
+    deploy   SCENARIO --label NAME [--expect ...] [--load-rate R] [-e VAR=VALUE ...]
+                                                    run deploy.yml under load; what it restored, by checksum
     instance SCENARIO start|cut|write|fix|stop [--count N]
                                                     the stale-instance drill's third app instance (drills/stale.py)
 
@@ -21,7 +24,7 @@ import argparse
 import json
 import sys
 
-from drills import drill, report, stale
+from drills import drill, forward, report, stale
 from drills.context import DrillError
 
 
@@ -52,6 +55,17 @@ def _parser() -> argparse.ArgumentParser:
 
     show = commands.add_parser("report", help="what the scenario's drill did, readable")
     show.add_argument("scenario")
+
+    snap = commands.add_parser("snapshot", help="checksums of transformation_jobs and documents.transform_version")
+    snap.add_argument("scenario")
+    snap.add_argument("--label", required=True)
+
+    again = commands.add_parser("deploy", help="run deploy.yml under load and check what it restored")
+    again.add_argument("scenario")
+    again.add_argument("--label", required=True)
+    again.add_argument("--expect", choices=drill.EXPECTATIONS, default="success")
+    again.add_argument("--load-rate", type=float, default=30.0, help="requests/s during the run (0: no load)")
+    again.add_argument("-e", dest="extra_vars", action="append", default=[], help="extra var for deploy.yml")
 
     third = commands.add_parser("instance", help="a third app instance, scraped by Prometheus, not in the list")
     third.add_argument("scenario")
@@ -86,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
                 for r in records
             ]
             print(json.dumps({"drill": "rollback", "runs": runs, "changed": sum(r["changed"] for r in runs)}))
+        elif args.command == "snapshot":
+            forward.snapshot(args.scenario, args.label)
+        elif args.command == "deploy":
+            request = drill.Request(expect=args.expect, load_rate=args.load_rate, extra_vars=args.extra_vars)
+            record = forward.deploy(args.scenario, args.label, request)
+            run = {"label": record["label"], "rc": record["rc"], "changed": record["changed"]}
+            print(json.dumps({"drill": "deploy", "runs": [run], "changed": record["changed"]}))
         elif args.command == "dba-fix":
             print(json.dumps({"drill": "dba-fix", "after_failure": drill.dba_fix(args.scenario)}))
         elif args.command == "instance":

@@ -73,6 +73,8 @@ def run_figures(run: dict) -> dict:
             "revision_before": db.get("revision_before"),
             "revision_after": db.get("revision_after"),
             "archived_rows": archive.get("rows", 0),
+            "restored_rows": (db.get("restore") or {}).get("rows_restored"),
+            "restore_conflict_rows": (db.get("restore") or {}).get("conflict_rows"),
         }
     load = run.get("load") or {}
     fault = run.get("fault") or {}
@@ -96,6 +98,10 @@ def run_figures(run: dict) -> dict:
         "flag_api_writes_answered": len(fault["flag_api"]["writes_answered"]) if "flag_api" in fault else None,
         "blocker": fault.get("blocker"),
         "kill": {k: v for k, v in fault["kill"].items() if k != "after"} if "kill" in fault else None,
+        "playbook": "deploy.yml" if run.get("kind") == "deploy" else "rollback.yml",
+        "restored_rows": end.get("restored_rows"),
+        "restore_check": run.get("restore_check"),
+        "served": run.get("served"),
     }
 
 

@@ -1,0 +1,1 @@
+runbook_plugin.py

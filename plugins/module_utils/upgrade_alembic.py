@@ -1,0 +1,123 @@
+# Copyright: contributors to the emergency-rollback runbook
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""An alembic project's upgrade, for the way forward: the target (`heads` by default), the refusal of
+anything that is not an upgrade, the steps, and running it on the caller's connection inside the
+caller's transaction, the way the revert runs its downgrade (alembic_runner.AlembicTool.run)."""
+
+from __future__ import annotations
+
+import os
+
+try:
+    from alembic.config import Config
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+except ImportError:  # pragma: no cover - the module reports missing_required_lib
+    Config = event = Engine = None
+
+from ansible.module_utils.alembic_runner import ForeignConnection
+from ansible.module_utils.schema_alembic import (
+    BASE,
+    ENV_PY_FIX,
+    _escape,
+    _run_env,
+    ancestors,
+    env_py_reads_connection,
+    heads,
+    resolve_target,
+)
+from ansible.module_utils.schema_errors import RefusedError
+
+
+def resolve_targets(script, revision: str) -> tuple[str, tuple[str, ...]]:
+    """(alembic's destination, the revisions the database must be at afterwards)."""
+    revision = str(revision or "heads").strip()
+    if revision in ("heads", "head"):
+        found = tuple(heads(script))
+        if revision == "head" and len(found) != 1:
+            raise RefusedError(
+                f"The script directory has multiple heads ({', '.join(found)}), so 'head' is ambiguous: "
+                "give 'heads' or one revision id."
+            )
+        return "heads", found
+    target = resolve_target(script, revision)
+    if target == BASE:
+        raise RefusedError("revision base would remove every migration: schema_upgrade only upgrades.")
+    return target, (target,)
+
+
+def check_upgrade(script, current: tuple[str, ...], targets: tuple[str, ...]) -> None:
+    """Refuse (RefusedError) unless every current revision is at or below a target: never a downgrade."""
+    below: set[str] = set()
+    for target in targets:
+        below |= ancestors(script, target)
+    for rev in current:
+        try:
+            script.get_revision(rev)
+        except Exception:
+            raise RefusedError(
+                f"The database is at revision {rev}, which the script directory does not contain: deploy with "
+                "the migrations of a release that knows it."
+            ) from None
+        if rev not in below:
+            raise RefusedError(
+                f"The database is at {rev}, which is not below the target {', '.join(targets)}: schema_upgrade "
+                "never downgrades (rollback.yml does); choose a later revision."
+            )
+
+
+def upgrade_steps(script, current: tuple[str, ...], destination: str) -> list[dict]:
+    steps = script._upgrade_revs(destination, current or None)
+    return [
+        {"revision": s.revision.revision, "down_revision": s.revision.down_revision, "doc": s.revision.doc}
+        for s in steps
+    ]
+
+
+def _revision_value(revisions) -> str | None:
+    return ",".join(sorted(revisions)) if revisions else None
+
+
+def _run_upgrade(project, script, conn, destination: str) -> None:
+    """alembic's `upgrade` on the caller's connection, inside the caller's transaction, the way the revert runs
+    its downgrade (alembic_runner.AlembicTool.run): env.py gets the connection in config.attributes, and any
+    connection of its own is refused before its first statement."""
+    cfg = Config(file_=project.config_file_name, toml_file=project.toml_file_name)
+    for key, value in project.get_section(project.config_ini_section, {}).items():
+        cfg.set_main_option(key, _escape(value))
+    cfg.attributes.update(connection=conn, configure_logger=False)
+    own = conn.engine
+
+    def refuse_foreign(connection, *_args) -> None:
+        if connection.engine is not own:
+            raise ForeignConnection(
+                f"{os.path.join(script.dir, 'env.py')} opened a database connection of its own; the upgrade runs "
+                "only on the module's connection (config.attributes['connection'], see env_py_fix)"
+            )
+
+    event.listen(Engine, "engine_connect", refuse_foreign)
+    try:
+        _run_env(
+            cfg,
+            script,
+            fn=lambda rev, _ctx: script._upgrade_revs(destination, rev),
+            as_sql=False,
+            destination_rev=destination,
+        )
+    finally:
+        event.remove(Engine, "engine_connect", refuse_foreign)
+
+
+def check_env_py(script) -> None:
+    """Refuse (before any DDL) an env.py that ignores the connection handed to it: its upgrade would run on a
+    connection without the advisory lock and timeouts, and outside the restore's transaction."""
+    env_py = os.path.join(script.dir, "env.py")
+    if not env_py_reads_connection(env_py):
+        error = RefusedError(
+            f"{env_py} ignores the connection the module hands it (config.attributes['connection']), so its upgrade "
+            "would run outside the runbook's guards and the restore's transaction: refused before any DDL; add the "
+            "lines of env_py_fix at the top of run_migrations_online(), then run again."
+        )
+        error.details = {"env_py": env_py, "env_py_fix": ENV_PY_FIX}
+        raise error
