@@ -10,10 +10,11 @@ name: rollback_guard
 short_description: Check a rollback (or deploy) request before anything is contacted; the request as checked
 description:
   - >-
-    C(lookup('rollback_guard', 'rollback')) (C('deploy') for deploy.yml, C('purge') for archive_purge.yml) is meant for the C(hosts) keyword of a
-    playbook's first play, which Ansible templates before the play starts and which no command-line
-    option can skip (C(--start-at-task), C(--tags) and C(--step) select tasks, not plays). It returns
-    C(localhost), or fails the playbook, before any task runs, with one sentence saying what to do.
+    C(lookup('rollback_guard', 'rollback')) (C('deploy') for deploy.yml, C('purge') for
+    archive_purge.yml) is meant for the C(hosts) keyword of a playbook's first play, which Ansible
+    templates before the play starts and which no command-line option can skip (C(--start-at-task),
+    C(--tags) and C(--step) select tasks, not plays). It returns C(localhost), or fails the
+    playbook, before any task runs, with one sentence saying what to do.
   - >-
     It checks the command line (no C(--start-at-task), C(--step), C(--tags)/C(--skip-tags),
     C(--module-path); a C(--limit) must keep localhost and every database of the environment), the
