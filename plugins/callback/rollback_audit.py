@@ -5,19 +5,6 @@
 
 from __future__ import annotations
 
-import atexit
-import fnmatch
-import os
-import runpy
-import signal
-from pathlib import Path
-
-from ansible import constants as C
-from ansible import context
-from ansible.playbook.handler import Handler
-from ansible.plugins.callback import CallbackBase
-from ansible.release import __version__ as ansible_version
-
 DOCUMENTATION = r"""
 name: rollback_audit
 type: notification
@@ -104,13 +91,25 @@ options:
         key: only_playbooks
 """
 
+import atexit
+import fnmatch
+import os
+import runpy
+import signal
+from pathlib import Path
+
+from ansible import constants as C
+from ansible import context
+from ansible.playbook.handler import Handler
+from ansible.plugins.callback import CallbackBase
+from ansible.release import __version__ as ansible_version
 
 runpy.run_path(str(Path(__file__).resolve().parent.parent / "plugin_utils" / "module_utils_path.py"))[
     "add_module_utils_path"
 ]()
-from ansible.module_utils import audit_redact as redaction  # noqa: E402
-from ansible.module_utils import audit_run  # noqa: E402
-from ansible.module_utils import audit_steps as steps_model  # noqa: E402
+from ansible.module_utils import audit_redact as redaction
+from ansible.module_utils import audit_run
+from ansible.module_utils import audit_steps as steps_model
 
 SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 _INCLUDES = ("include_role", "import_role", "include_tasks", "import_tasks")

@@ -83,6 +83,9 @@ class WriteResult:
     reference: Any  # the provider's own change reference (event id, flag version), or None
     attempts: int
     reference_kind: str = ""
+    # The provider shows that another change brought the flag to the desired state between our read
+    # and our write (so our write changed nothing); `reference` is then that other change.
+    by_other: bool = False
 
 
 class FlagProvider:

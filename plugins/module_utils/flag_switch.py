@@ -76,6 +76,13 @@ def switch_flag(
                 exc.previous_state = result["previous_state"]
                 raise
             result["attempts"] = written.attempts
+            if written.by_other:
+                result["changed"] = False
+                provider.notes.append(
+                    f"{provider.label} shows the flag turned {'on' if desired else 'off'} by another change"
+                    f" ({written.reference_kind} {written.reference}) between this run's read and its write:"
+                    " this run's write changed nothing."
+                )
             result["change_reference"] = written.reference
             result["change_reference_kind"] = written.reference_kind if written.reference is not None else ""
             after = provider.read()

@@ -105,7 +105,12 @@ class UnleashProvider(FlagProvider):
                 self.notes.append(f"No Unleash event id: the event search after the write failed ({exc}).")
                 return WriteResult(None, response.attempts, "unleash_event_id")
             if latest is not None and latest > before:
+                # Two runs toggling at the same moment both find the one event Unleash wrote (it records
+                # a toggle only when the state changes, and its answer does not say whose it was).
                 reference = latest
+            elif latest is not None:
+                # The flag was already toggled by event `latest` when we took `before`: our toggle was a no-op.
+                return WriteResult(latest, response.attempts, "unleash_event_id", by_other=True)
             else:
                 self.notes.append(f"Unleash shows no new {event_type} event for this toggle; no event id returned.")
         return WriteResult(reference, response.attempts, "unleash_event_id")

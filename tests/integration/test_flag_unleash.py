@@ -84,6 +84,25 @@ def test_idempotent_no_write_no_event(enabled_flag):
     assert latest_event_id(enabled_flag) == before
 
 
+def test_a_concurrent_toggle_between_read_and_write_is_not_claimed(enabled_flag):
+    """Another run turns the flag off after this one read it on: this run changed nothing, and says whose it was."""
+    racing = provider(enabled_flag)
+    read = racing.read
+
+    def read_then_lose_the_race():
+        state = read()
+        switch_flag(provider(enabled_flag), "disabled")  # the other run, between our read and our write
+        return state
+
+    racing.read = read_then_lose_the_race
+    result = switch_flag(racing, "disabled")
+    (other,) = [e for e in events(enabled_flag, type="IS:feature-environment-disabled")][:1]
+    assert (result["changed"], result["previous_state"], result["state"]) == (False, "enabled", "disabled")
+    assert result["change_reference"] == other["id"]
+    assert any("by another change" in note and "changed nothing" in note for note in result["notes"])
+    assert enabled_flag.flag_enabled() is False
+
+
 def test_check_mode_reports_and_writes_nothing(enabled_flag):
     before = latest_event_id(enabled_flag)
     result = switch_flag(provider(enabled_flag), "disabled", check_mode=True)

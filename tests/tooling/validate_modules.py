@@ -57,11 +57,7 @@ license:
 
 
 # (path, validate-modules error code) ansible-test is told to ignore, until fixed.
-KNOWN_PROBLEMS: tuple[tuple[str, str], ...] = (
-    # The callback imports before its DOCUMENTATION; it is being split into audit_* modules (issue
-    # 16, "The audit callback"): fixed there.
-    ("plugins/callback/rollback_audit.py", "import-before-documentation"),
-)
+KNOWN_PROBLEMS: tuple[tuple[str, str], ...] = ()
 
 
 def our_module_utils(plugins: Path = PLUGINS) -> list[str]:

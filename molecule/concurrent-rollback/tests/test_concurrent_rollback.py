@@ -94,13 +94,15 @@ def test_each_audit_record_and_notification_tells_what_that_run_did(runs, audit_
         if flag["changed"]:
             assert flag["previous_state"] == "enabled" and flag["change_reference"]
             flag_changes.append(flag["change_reference"])
-        else:
-            assert flag["previous_state"] == "disabled"
+        else:  # found it off, or read it on and lost the race to the other run's write (which it names)
+            assert flag["previous_state"] == "disabled" or flag["change_reference"], flag
         # A run that changed something announces it; one that found everything done is quiet.
         changed_something = flag["changed"] or end["databases"]["local-app"]["changed"]
         successes = [m for m in mails_of(run) if m["subject"].endswith("succeeded")]
         assert len(successes) == (1 if changed_something and run["rc"] == 0 else 0), run["label"]
-    assert 1 <= len(flag_changes) == len(set(flag_changes)), "each flag change has its own Unleash event"
+    # Unleash writes one event for the one toggle that changed the flag; two runs that toggled at the
+    # same moment both name it (its answer does not say whose it was), never a different one.
+    assert len(flag_changes) >= 1 and len(set(flag_changes)) == 1, flag_changes
 
 
 def test_no_secret_leaked(stack, scenario, runs):
