@@ -241,7 +241,8 @@ def run_playbook(
     timeout: float = PLAYBOOK_TIMEOUT,
 ) -> PlaybookResult:
     """`ansible-playbook <playbook> -e env=local -e reason=...` from launch to exit; fails loudly on rc != 0."""
-    argv = [str(ANSIBLE_PLAYBOOK), playbook, "-e", "env=local", "-e", f"reason={reason}"]
+    # One JSON -e: `-e reason=a b` would be split on the space (and the guard refuses the stray `_raw_params`).
+    argv = [str(ANSIBLE_PLAYBOOK), playbook, "-e", json.dumps({"env": "local", "reason": reason})]
     if extra_inventory is not None:
         argv += ["-i", str(project() / "inventories"), "-i", str(extra_inventory)]
     argv += list(extra_args)

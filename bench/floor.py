@@ -1,24 +1,27 @@
 """The floor: the rollback of rollback.yml as one plain Python process, for the same environment.
 
-It does the work the playbook does, step by step, with the same code the modules run (our
-module_utils, imported as `ansible.module_utils.<name>`) and the same options the roles pass, but
-without Ansible: no task, no module packaging, no worker process per task. What is left is the
-irreducible cost of the rollback itself; `python -m bench` compares the playbook with it.
+It does the work the playbook does, in the playbook's order, with the same code the plugins run
+(the `run_*` functions of our module_utils, imported as `ansible.module_utils.<name>`, each given
+parameters validated against the plugin's own argument spec, as the action plugins do) and the
+options the roles pass, but without Ansible: no playbook, no task, no worker process per task.
+What is left is the irreducible cost of the rollback itself; `python -m bench` compares the
+playbook with it.
 
-1. preflight: read the flag (Unleash admin API, no write), every database's revision, fingerprint
-   and rollback point (one REPEATABLE READ snapshot each, 4 threads as schema_state), the target
-   (the one recorded rollback point), each database's downgrade plan (alembic offline SQL, its
-   sha256, the rows of what it drops), as rollback_preflight does;
-2. flag: switch_flag(disabled): read, write, read back (as feature_flag);
-3. propagation: wait_for_path(legacy) over every /status, with the role's interval and timeout;
-4. schema: revert_databases(): advisory lock, one transaction with SET LOCAL lock_timeout and
-   statement_timeout, archive of the dropped rows, the downgrade, pinned to the plan's sha256,
-   `parallel` worker processes (as schema_migration with the role's defaults);
-5. verify: the flag read back, revision and fingerprint of every database against the rollback
-   point, every instance's /healthz, the 5xx ratio from Prometheus against the baseline (as
-   rollback_verify);
-6. notify: the Slack webhook and the e-mail (as rollback_notify), and a start and an end record
-   appended to a hash-chained audit file (as the audit callback), when `audit_file` is given.
+1. preflight: the guard's checks of the request (audit_guard.check_request: the command line, the
+   extra vars, the environment and its databases, reason, ticket and confirmation when
+   production-like) and the audit session's start and request records, read back (audit_run, the
+   callback's own logic: sealed with ROLLBACK_AUDIT_KEY when set), nothing contacted;
+2. flag: run_feature_flag(state=disabled): read, write, read back, `confirmed_at`;
+3. propagation: run_flag_propagation() over the status URLs and the instances Prometheus discovers,
+   each confirmed legacy with a flag fetch made after `confirmed_at`; meanwhile, in a thread (as the
+   playbook plans while the instances move): PagerDuty's start change event (run_notification),
+   the audit chain check (run_audit_verify), every database's state (run_schema_state), the
+   target, the plan (run_schema_migration in check mode), recorded at once as the `plan` record;
+4. schema: run_schema_migration() pinned to the plan's sha256 per database, archive on;
+5. verify: the flag read back, every database's revision and fingerprint, run_app_verify() (the
+   instances' health and the 5xx ratio from Prometheus against the recorded baseline);
+6. notify: run_notification(event=succeeded): Slack, e-mail, PagerDuty resolve and end event, as
+   the rehearsal configures them; then the end record.
 
 The environment is read from the variables `python -m rehearsal env` exports, the way
 inventories/group_vars/local.yml reads them; the DSNs carry no password (libpq reads PGPASSWORD).
@@ -29,15 +32,13 @@ inventories/group_vars/local.yml reads them; the DSNs carry no password (libpq r
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
-import smtplib
-import ssl
 import sys
+import threading
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
-from email.message import EmailMessage
 from typing import ClassVar
 from urllib.parse import quote
 
@@ -45,20 +46,24 @@ from bench import use_module_utils
 
 use_module_utils()
 
-import requests  # noqa: E402
 import yaml  # noqa: E402
-from ansible.module_utils.alembic_runner import revert_databases  # noqa: E402
-from ansible.module_utils.audit_chain import AuditKey  # noqa: E402
-from ansible.module_utils.audit_file import append_record  # noqa: E402
-
-KEY = AuditKey.from_env()  # the rollback seals its records when ROLLBACK_AUDIT_KEY is set: so does the floor
-from ansible.module_utils.flag_barrier import wait_for_path  # noqa: E402
-from ansible.module_utils.flag_providers import make_provider  # noqa: E402
-from ansible.module_utils.flag_switch import switch_flag  # noqa: E402
-from ansible.module_utils.http_client import HttpClient  # noqa: E402
-from ansible.module_utils.schema_rollback_points import read_states  # noqa: E402
+from ansible.module_utils.audit_crosscheck import run_audit_verify  # noqa: E402
+from ansible.module_utils.audit_guard import GuardInput, check_request  # noqa: E402
+from ansible.module_utils.audit_options import audit_verify_spec  # noqa: E402
+from ansible.module_utils.audit_run import AuditSession  # noqa: E402
+from ansible.module_utils.common.arg_spec import ArgumentSpecValidator  # noqa: E402
+from ansible.module_utils.flag_barrier import run_flag_propagation  # noqa: E402
+from ansible.module_utils.flag_options import feature_flag_spec, flag_propagation_spec  # noqa: E402
+from ansible.module_utils.flag_switch import run_feature_flag  # noqa: E402
+from ansible.module_utils.notify_core import run_notification  # noqa: E402
+from ansible.module_utils.notify_options import notification_spec  # noqa: E402
+from ansible.module_utils.pg_options import schema_migration_spec, schema_state_spec  # noqa: E402
+from ansible.module_utils.verify_options import app_verify_spec  # noqa: E402
 
 from bench import project  # noqa: E402
+
+# alembic, SQLAlchemy, psycopg2 and pglast (schema_tasks) and app_verify are imported after the flag
+# is off, when the plan and the verification need them, as Ansible loads those plugins only then.
 
 SECRET_KEYS = (
     "FF_API_KEY",
@@ -67,12 +72,19 @@ SECRET_KEYS = (
     "SLACK_WEBHOOK_URL",
     "SMTP_PASSWORD",
     "PAGERDUTY_ROUTING_KEY",
+    "ROLLBACK_AUDIT_KEY",
+    "ROLLBACK_AUDIT_PG_DSN",
 )
 STEPS = ("preflight", "flag", "propagation", "schema", "verify", "notify")
-ERROR_RATE_QUERY = (
-    'sum(rate(http_requests_total{{job="transformation-engine",status=~"5.."}}[{range}]))'
-    ' / clamp_min(sum(rate(http_requests_total{{job="transformation-engine"}}[{range}])), 1e-9)'
-)
+HOST = "local-app"  # the inventory host of the application database (inventories/hosts.yml)
+# group_vars/all.yml's preset `rehearsal` (local.yml chooses it): the app's metrics and health contract.
+CONTRACT = {
+    "metric": "http_requests_total",
+    "status_label": "status",
+    "selector": 'job="{job}",path="/transform"',
+    "health_path": "/healthz",
+    "health": {"status_codes": [200], "json_key": "status", "json_value": "ok"},
+}
 
 
 class FloorError(RuntimeError):
@@ -99,6 +111,43 @@ def role_defaults() -> dict:
     return values
 
 
+def inventory_groups(extra_hosts: list[str]) -> dict[str, list[str]]:
+    """Every group of inventories/hosts.yml with its hosts (children's included), plus `extra_hosts`
+    in `local` (the tenants the bench adds with an extra inventory)."""
+    groups: dict[str, list[str]] = {}
+
+    def walk(name: str, body: dict | None) -> list[str]:
+        body = body or {}
+        hosts = list(body.get("hosts") or {})
+        for child, child_body in (body.get("children") or {}).items():
+            hosts += walk(child, child_body)
+        if name == "local":
+            hosts += [h for h in extra_hosts if h not in hosts]
+        groups[name] = list(dict.fromkeys(groups.get(name, []) + hosts))
+        return hosts
+
+    inventory = yaml.safe_load((project() / "inventories" / "hosts.yml").read_text())
+    walk("all", inventory["all"])
+    return groups
+
+
+def validated(spec_of, params: dict) -> dict:
+    """`params` checked against a plugin's argument spec, its defaults filled (what the action does)."""
+    spec = dict(spec_of())
+    argument_spec = spec.pop("argument_spec")
+    spec = {k: v for k, v in spec.items() if k != "supports_check_mode"}
+    result = ArgumentSpecValidator(argument_spec, **spec).validate(params)
+    if result.error_messages:
+        raise FloorError(f"{spec_of.__name__}: {result.error_messages[0]}")
+    return result.validated_parameters
+
+
+def ok(result: dict, what: str) -> dict:
+    if result.get("failed"):
+        raise FloorError(f"{what}: {result.get('msg')}")
+    return result
+
+
 class Floor:
     """One rollback of an environment's databases, step by step; `run()` returns the timings.
 
@@ -106,11 +155,11 @@ class Floor:
     roles/*/defaults/main.yml, so that tuning a role default moves the floor with it.
     """
 
-    # The modules' defaults the roles rely on, and the roles' defaults if their files do not say.
-    state_parallel, plan_parallel = 4, 2
     DEFAULTS: ClassVar[dict] = {
         "rollback_propagation_timeout": 60.0,
-        "rollback_propagation_interval": 1.0,  # flag_propagation's default, when the role does not set one
+        "rollback_propagation_interval": 0.2,
+        "rollback_propagation_cache_ttl": 0.0,
+        "rollback_propagation_clock_skew": 1.0,
         "rollback_schema_lock_timeout": 2.0,
         "rollback_schema_lock_attempts": 5,
         "rollback_schema_statement_timeout": 60.0,
@@ -119,6 +168,11 @@ class Floor:
         "rollback_verify_error_rate_range": "1m",
         "rollback_verify_error_rate_wait": 120.0,
         "rollback_verify_error_rate_interval": 3.0,
+        "rollback_verify_min_requests": 20,
+        "rollback_notify_max_wait": 30,
+        "rollback_notify_timeout": 10,
+        "rollback_notify_mail_from": "emergency-rollback@localhost",
+        "rollback_notify_pagerduty_url": "https://events.pagerduty.com",
     }
 
     def __init__(
@@ -135,223 +189,396 @@ class Floor:
         if not databases:
             raise FloorError("no database given: name at least one with --db")
         self.env = dict(env)
-        self.databases = [{"name": name, "dsn": database_dsn(env, name)} for name in databases]
+        # The inventory's host names: the application database is local-app, a tenant its own name.
+        self.databases = [
+            {"name": HOST if i == 0 else name, "dsn": database_dsn(env, name)} for i, name in enumerate(databases)
+        ]
         self.reason, self.notify, self.audit_file = reason, notify, audit_file
         d = {**self.DEFAULTS, **{k: v for k, v in role_defaults().items() if k in self.DEFAULTS}}
-        self.parallel = int(parallel or d["rollback_schema_parallel"])
-        self.propagation_timeout = float(d["rollback_propagation_timeout"])
-        self.propagation_interval = float(propagation_interval or d["rollback_propagation_interval"])
-        self.lock_timeout = float(d["rollback_schema_lock_timeout"])
-        self.lock_attempts = int(d["rollback_schema_lock_attempts"])
-        self.statement_timeout = float(d["rollback_schema_statement_timeout"])
-        self.error_rate_tolerance = float(d["rollback_verify_error_rate_tolerance"])
-        self.error_rate_range = str(d["rollback_verify_error_rate_range"])
-        self.error_rate_wait = float(d["rollback_verify_error_rate_wait"])
-        self.error_rate_interval = float(d["rollback_verify_error_rate_interval"])
-        self.script_location = str(project() / "migrations")
-        self.status_urls = [u for u in env.get("APP_STATUS_URLS", "").split(",") if u]
-        self.app_urls = [u for u in env.get("APP_URLS", "").split(",") if u]
+        if parallel:
+            d["rollback_schema_parallel"] = parallel
+        if propagation_interval:
+            d["rollback_propagation_interval"] = propagation_interval
+        self.d = d
         self.steps: dict[str, dict] = {}
         self.facts: dict = {}
+        self.session: AuditSession | None = None
 
-    # -- helpers -------------------------------------------------------------------------------
-    def _provider(self, max_wait: float = 30.0):
-        key = self.env.get("FF_API_KEY", "")
-        client = HttpClient(timeout=5.0, max_wait=max_wait, secrets=[key] if key else [])
-        return make_provider(
-            self.env.get("FF_PROVIDER", "unleash"),
-            client,
-            self.env["FF_API_URL"],
-            key,
-            self.env.get("FF_FLAG", "DataTransformationFeature"),
-            project=self.env.get("FF_PROJECT", "default"),
-            environment=self.env.get("FF_ENVIRONMENT", "production"),
+    # -- what the group_vars and module_defaults give every task ------------------------------------
+    def _flag_params(self, **extra) -> dict:
+        env = self.env
+        return validated(
+            feature_flag_spec,
+            {
+                "provider": env.get("FF_PROVIDER", "unleash"),
+                "api_url": env["FF_API_URL"],
+                "flag": env.get("FF_FLAG", "DataTransformationFeature"),
+                "project": env.get("FF_PROJECT", "default"),
+                "environment": env.get("FF_ENVIRONMENT", "production"),
+                "timeout": 5,
+                "max_wait": 30,
+                **extra,
+            },
         )
+
+    def _schema_defaults(self) -> dict:
+        migrations = project() / "migrations"
+        return {
+            "tool": "alembic",
+            "script_location": str(migrations),
+            "version_locations": [str(migrations / "versions")],
+            "require_verified_tls": False,  # local is not production-like
+        }
+
+    def _notify(self, event: str, report: dict, **extra) -> dict:
+        env, d = self.env, self.d
+        params = validated(
+            notification_spec,
+            {
+                "event": event,
+                "report": report,
+                "mail_to": ["sre-oncall@rehearsal.localhost"],
+                "mail_from": d["rollback_notify_mail_from"],
+                "smtp_host": env.get("SMTP_HOST", "127.0.0.1"),
+                "smtp_port": int(env.get("SMTP_PORT", "52525")),
+                "smtp_secure": env.get("SMTP_SECURE", "starttls"),
+                "smtp_ca_file": env.get("SMTP_CA_FILE") or None,
+                "pagerduty_url": env.get("PAGERDUTY_EVENTS_URL", d["rollback_notify_pagerduty_url"]),
+                "max_wait": d["rollback_notify_max_wait"],
+                "timeout": d["rollback_notify_timeout"],
+                **extra,
+            },
+        )
+        return run_notification(params)
+
+    def report(self) -> dict:
+        """What roles/rollback_notify/vars/main.yml tells the notification plugin."""
+        f, request = self.facts, (self.session.request if self.session else None) or {}
+        return {
+            "feature": self.env.get("FF_FLAG", "DataTransformationFeature"),
+            "environment": "local",
+            "run_id": self.session.run_id if self.session else "",
+            "audit_file": self.audit_file or "",
+            "audit_status": self.session.status if self.session else "error: no audit",
+            "job_url": "",
+            "operator": request.get("operator", ""),
+            "operator_source": request.get("operator_source", ""),
+            "ticket": "",
+            "reason": self.reason,
+            "started_at": f.get("started_epoch", ""),
+            "target_revision": f.get("target", ""),
+            "flag_before": f.get("flag_result", {}).get("previous_state", ""),
+            "runbook": "RUNBOOK.md, section 4 'When the down migration fails'",
+            "runbook_url": "",
+            "plan": f.get("plan_result", {}),
+            "flag": f.get("flag_result", {}),
+            "propagation": f.get("propagation_result", {}),
+            "schema": f.get("schema_result", {}),
+            "verification": f.get("verify_result", {}),
+            "error_rate": "",
+            "flag_left": {},
+            "state_left": {},
+        }
+
+    def _publish(self, data: dict) -> None:
+        """What a role's set_stats gives the audit callback."""
+        if self.session is not None:
+            self.session.facts(json.loads(json.dumps(data, default=str)))
 
     def _step(self, name: str, work) -> None:
         started_at, began = time.time(), time.perf_counter()
+        if self.session is not None:
+            step, _ = self.session.enter_step(name)
         work()
+        if self.session is not None:
+            self.session.steps.count(step, HOST, "ok")
         self.steps[name] = {
             "seconds": round(time.perf_counter() - began, 4),
             "started_at": started_at,
             "ended_at": time.time(),
         }
 
-    def _jobs(self, **options) -> list[dict]:
-        return [{"script_location": self.script_location, **options, **db} for db in self.databases]
-
     # -- the steps -----------------------------------------------------------------------------
     def preflight(self) -> None:
-        self.facts["flag_before"] = switch_flag(self._provider(), "disabled", check_mode=True)["previous_state"]
-        states = read_states([dict(db) for db in self.databases], self.state_parallel)
-        failed = [s for s in states if s["failed"]]
-        if failed:
-            raise FloorError(f"cannot read {failed[0]['name']}: {failed[0]['msg']}")
-        points = {s["name"]: s["rollback_point"] for s in states}
+        """The guard's checks and the request record, before anything is contacted."""
+        groups = inventory_groups([db["name"] for db in self.databases[1:]])
+        given = GuardInput(
+            playbook="rollback",
+            cliargs={"check": False, "subset": None, "tags": ("all",), "skip_tags": ()},
+            extra_vars={"env": "local", "reason": self.reason},
+            groups=groups,
+            hosts_in_limit=lambda pattern: groups.get(pattern, ["localhost"] if pattern == "localhost" else []),
+            environ=self.env,
+            project_dir=str(project()),
+            inventory_sources=[str(project() / "inventories")],
+        )
+        verdict = check_request(given)
+        problem = verdict.refusal
+        if self.session is not None:
+            problem = self.session.record_request(verdict)
+        if problem:
+            raise FloorError(f"refused: {problem}")
+        if verdict.request["targets"] != [db["name"] for db in self.databases]:
+            raise FloorError(f"the guard's targets {verdict.request['targets']} are not the databases given")
+
+    def flag(self) -> None:
+        operator = (self.session.request or {}).get("operator") if self.session else getpass.getuser()
+        result = ok(
+            run_feature_flag(
+                self._flag_params(
+                    state="disabled", comment=f"Emergency rollback without ticket by {operator}: {self.reason}"
+                )
+            ),
+            "flag",
+        )
+        self.facts["flag_result"] = result
+        self.facts["flag_confirmed_at"] = result["confirmed_at"]
+        keys = ("provider", "previous_state", "state", "changed", "attempts", "change_reference", "confirmed_at")
+        self._publish({"flag": {k: result.get(k) for k in keys}})
+
+    def plan(self) -> None:
+        """What the playbook does between the flag and the barrier: start event, audit check, state, plan."""
+        began = time.perf_counter()
+        from ansible.module_utils.schema_tasks import run_schema_migration, run_schema_state  # noqa: PLC0415
+
+        start = self._notify("start", self.report())
+        self._publish({"notifications": start.get("deliveries", {}), "warnings": start.get("problems", [])})
+        audit = {"ok": True, "msg": "not checked (no audit file)", "aborted_runs": []}
+        if self.audit_file:
+            run_id = self.session.run_id if self.session else ""
+            audit = run_audit_verify(
+                validated(audit_verify_spec, {"path": self.audit_file, "current_run_id": run_id, "pg_dsn": ""})
+            )
+        jobs = [dict(db) for db in self.databases]
+        state = ok(
+            run_schema_state(
+                validated(schema_state_spec, {**self._schema_defaults(), "databases": jobs, "fingerprint": False})
+            ),
+            "preflight state",
+        )
+        points = {db["name"]: db.get("rollback_point") for db in state["databases"]}
         revisions = {(p or {}).get("revision") for p in points.values()}
         if None in revisions or len(revisions) != 1:
             raise FloorError(f"no single rollback point to return to: {sorted(map(str, revisions))}")
-        self.facts["points"], self.facts["target"] = points, revisions.pop()
-        plans = revert_databases(self._jobs(revision=self.facts["target"], check_mode=True), self.plan_parallel)
-        failed = [p for p in plans if p["failed"]]
-        if failed:
-            raise FloorError(f"cannot plan {failed[0]['name']}: {failed[0]['msg']}")
-        self.facts["plan"] = {p["name"]: p["sql_sha256"] for p in plans}
-
-    def flag(self) -> None:
-        result = switch_flag(
-            self._provider(), "disabled", comment=f"Emergency rollback without ticket by bench floor: {self.reason}"
+        target = revisions.pop()
+        plan = ok(
+            run_schema_migration(
+                validated(schema_migration_spec, {**self._schema_defaults(), "databases": jobs, "revision": target}),
+                check_mode=True,
+            ),
+            "plan",
         )
-        self.facts["flag"] = {k: result[k] for k in ("previous_state", "state", "changed", "attempts")}
+        self.facts.update(points=points, target=target, plan_result=plan)
+        self._publish(
+            {
+                "target_revision": target,
+                "audit_chain": audit.get("msg", "not checked"),
+                "earlier_aborted_runs": [r["run_id"] for r in audit.get("aborted_runs") or []],
+                "accepted_data_statements": plan.get("accepted_data_statements", []),
+                "plan": {
+                    db["name"]: {
+                        "from_revision": db.get("from_revision"),
+                        "sql_sha256": db.get("sql_sha256"),
+                        "drops": db.get("drops") or [],
+                        "data_statements": db.get("data_statements") or [],
+                    }
+                    for db in plan["databases"]
+                },
+            }
+        )
+        self.facts["plan_seconds"] = round(time.perf_counter() - began, 4)
 
     def propagation(self) -> None:
-        client = HttpClient(timeout=5.0, max_wait=0)
-        result = wait_for_path(
-            client,
-            self.status_urls,
-            expected_path="legacy",
-            timeout=self.propagation_timeout,
-            interval=self.propagation_interval,
-        )
+        """The barrier, with the plan computed alongside (a thread) as the playbook does while it waits."""
+        failure: list[BaseException] = []
+
+        def planning() -> None:
+            try:
+                self.plan()
+            except BaseException as exc:
+                failure.append(exc)
+
+        planner = threading.Thread(target=planning, name="plan")
+        planner.start()
+        d, env = self.d, self.env
+        prometheus = env.get("PROMETHEUS_URL", "")
+        params = {
+            "status_urls": [u for u in env.get("APP_STATUS_URLS", "").split(",") if u],
+            "fetched_after": self.facts["flag_confirmed_at"],
+            "clock_skew": d["rollback_propagation_clock_skew"],
+            "expected_path": "legacy",
+            "timeout": d["rollback_propagation_timeout"],
+            "interval": d["rollback_propagation_interval"],
+            "cache_ttl": d["rollback_propagation_cache_ttl"],
+        }
+        if prometheus:  # group_vars/local.yml: every instance Prometheus scrapes for the application
+            params["discovery"] = {
+                "source": "prometheus",
+                "url": prometheus,
+                "job": "transformation-engine",
+                "name_label": "app_instance",
+            }
+        try:
+            result = ok(run_flag_propagation(validated(flag_propagation_spec, params)), "propagation")
+        finally:
+            planner.join()
+        if failure:
+            raise failure[0]
+        self.facts["propagation_result"] = result
         self.facts["propagation_seconds"] = result["elapsed_seconds"]
-        self.facts["propagation_rounds"] = result["rounds"]
+        self._publish(
+            {
+                "propagation_seconds": result["elapsed_seconds"],
+                "propagation": {
+                    "instances": [i["instance"] for i in result["instances"]],
+                    "discovered_in": (result.get("discovery") or {}).get("source", ""),
+                    "not_configured": [i["url"] for i in result["not_configured"]],
+                    "last_confirmed_after_flag_seconds": result.get("last_confirmed_after_flag_seconds"),
+                },
+            }
+        )
 
     def schema(self) -> None:
-        jobs = self._jobs(
-            revision=self.facts["target"],
-            lock_timeout=self.lock_timeout,
-            lock_attempts=self.lock_attempts,
-            statement_timeout=self.statement_timeout,
-            archive=True,
+        from ansible.module_utils.schema_tasks import run_schema_migration  # noqa: PLC0415
+
+        d = self.d
+        plan = self.facts["plan_result"]
+        params = validated(
+            schema_migration_spec,
+            {
+                **self._schema_defaults(),
+                "databases": [dict(db) for db in self.databases],
+                "revision": self.facts["target"],
+                "expected_sql_sha256": {db["name"]: db["sql_sha256"] for db in plan["databases"]},
+                "lock_timeout": d["rollback_schema_lock_timeout"],
+                "lock_attempts": d["rollback_schema_lock_attempts"],
+                "statement_timeout": d["rollback_schema_statement_timeout"],
+                "archive": True,
+                "parallel": d["rollback_schema_parallel"],
+                "run_id": self.session.run_id if self.session else None,
+            },
         )
-        for job in jobs:
-            job["expected_sql_sha256"] = self.facts["plan"][job["name"]] or "none (nothing to do when approved)"
-        results = revert_databases(jobs, self.parallel)
-        failed = [r for r in results if r["failed"]]
-        if failed:
-            raise FloorError(f"cannot revert {failed[0]['name']}: {failed[0]['msg']}")
+        result = ok(run_schema_migration(params), "schema")
+        self.facts["schema_result"] = result
         self.facts["databases"] = {
             r["name"]: {
                 "revision_before": r["from_revision"],
                 "revision_after": r["to_revision"],
                 "changed": r["changed"],
+                "failed": r.get("failed", False),
+                "sql_sha256": r.get("sql_sha256", ""),
+                "archive": r.get("archive"),
                 "attempts": r["attempts"],
                 "lock_wait_seconds": r["lock_wait_seconds"],
-                "duration_seconds": r["duration_seconds"],
-                "archive_rows": (r["archive"] or {}).get("rows", 0),
+                "duration_seconds": r.get("duration_seconds"),
             }
-            for r in results
+            for r in result["databases"]
         }
+        self._publish({"databases": self.facts["databases"]})
 
     def verify(self) -> None:
-        if switch_flag(self._provider(), "disabled", check_mode=True)["previous_state"] != "disabled":
-            raise FloorError("verification failed: the flag does not read disabled")
-        target, points = self.facts["target"], self.facts["points"]
-        for state in read_states([dict(db) for db in self.databases], self.state_parallel):
-            point = points[state["name"]]
-            if state["failed"] or state["revision"] != target:
-                raise FloorError(f"verification failed: {state['name']} is at {state['revision']}, not {target}")
-            if point["revision"] == target and state["fingerprint"] != point["fingerprint"]:
-                raise FloorError(f"verification failed: {state['name']} fingerprint differs from before the deployment")
-        with requests.Session() as session:
-            for url in self.app_urls:
-                response = session.get(url.rstrip("/") + "/healthz", timeout=5)
-                if response.status_code != 200:
-                    raise FloorError(f"verification failed: {url}/healthz answered {response.status_code}")
-            prometheus = self.env.get("PROMETHEUS_URL", "")
-            if prometheus:
-                baseline = next(iter(points.values())).get("error_rate_baseline") or 0.0
-                limit = float(baseline) + self.error_rate_tolerance
-                query = ERROR_RATE_QUERY.format(range=self.error_rate_range)
-                deadline = time.monotonic() + self.error_rate_wait
-                while True:
-                    response = session.post(prometheus.rstrip("/") + "/api/v1/query", data={"query": query}, timeout=5)
-                    result = response.json()["data"]["result"]
-                    ratio = float(result[0]["value"][1]) if result else 0.0
-                    if ratio <= limit:
-                        self.facts["error_rate"] = ratio
-                        break
-                    if time.monotonic() > deadline:
-                        raise FloorError(f"verification failed: 5xx ratio {ratio} above {limit}")
-                    time.sleep(self.error_rate_interval)
+        from ansible.module_utils.app_verify import run_app_verify  # noqa: PLC0415
+        from ansible.module_utils.schema_tasks import run_schema_state  # noqa: PLC0415
+
+        d, env = self.d, self.env
+        flag = run_feature_flag(self._flag_params(state="disabled"), check_mode=True)
+        state = run_schema_state(
+            validated(schema_state_spec, {**self._schema_defaults(), "databases": [dict(db) for db in self.databases]})
+        )
+        points = self.facts["points"]
+        baselines = [
+            p["error_rate_baseline"] for p in points.values() if (p or {}).get("error_rate_baseline") is not None
+        ]
+        job = env.get("ROLLBACK_METRICS_JOB", "transformation-engine")
+        params = {
+            "flag": {"state": flag["previous_state"]} if "previous_state" in flag else {"error": flag.get("msg")},
+            "databases": state.get("databases", []),
+            "rollback_points": points,
+            "target_revision": self.facts["target"],
+            "health_urls": [u.rstrip("/") + CONTRACT["health_path"] for u in env.get("APP_URLS", "").split(",") if u],
+            "health": CONTRACT["health"],
+            "prometheus_url": env.get("PROMETHEUS_URL", ""),
+            "metric": CONTRACT["metric"],
+            "status_label": CONTRACT["status_label"],
+            "selector": CONTRACT["selector"].format(job=job),
+            "window": d["rollback_verify_error_rate_range"],
+            "min_requests": d["rollback_verify_min_requests"],
+            "tolerance": d["rollback_verify_error_rate_tolerance"],
+            "wait": d["rollback_verify_error_rate_wait"],
+            "interval": d["rollback_verify_error_rate_interval"],
+        }
+        if "databases" not in state:
+            params["databases_error"] = state.get("msg", "no answer")
+        if baselines:
+            params["baseline"] = str(baselines[0])
+        result = run_app_verify(validated(app_verify_spec, params))
+        self.facts["verify_result"] = result
+        self._publish(
+            {
+                "verification": {
+                    "verdict": result.get("verdict"),
+                    "summary": result.get("msg"),
+                    "checks": result.get("checks"),
+                    "flag": flag.get("previous_state", "unknown"),
+                    "revisions": {db["name"]: db.get("revision") for db in state.get("databases", [])},
+                    "error_rate": result.get("error_rate"),
+                }
+            }
+        )
+        if result.get("verdict") != "verified":
+            raise FloorError(f"verification {result.get('verdict')}: {result.get('msg')}")
 
     def notify_step(self) -> None:
-        summary = (
-            f"Rollback of DataTransformationFeature in local: succeeded (bench floor). Reason: {self.reason}\n"
-            + "\n".join(
-                f"Database {name}: {d['revision_before']} -> {d['revision_after']}"
-                for name, d in self.facts["databases"].items()
-            )
-        )
-        subject = "Rollback of DataTransformationFeature in local succeeded"
-        delivered = {}
-        webhook = self.env.get("SLACK_WEBHOOK_URL", "")
-        if webhook:
-            response = requests.post(webhook, json={"text": f"{subject}\n{summary}"}, timeout=10)
-            delivered["slack"] = response.status_code in (200, 204)
-        if self.env.get("SMTP_HOST"):
-            message = EmailMessage()
-            message["From"], message["To"], message["Subject"] = (
-                "emergency-rollback@localhost",
-                "sre-oncall@rehearsal.localhost",
-                subject,
-            )
-            message.set_content(summary)
-            with smtplib.SMTP(self.env["SMTP_HOST"], int(self.env.get("SMTP_PORT", "25")), timeout=10) as smtp:
-                if self.env.get("SMTP_CA_FILE"):  # verified STARTTLS, as rollback_notify does
-                    smtp.starttls(context=ssl.create_default_context(cafile=self.env["SMTP_CA_FILE"]))
-                if self.env.get("SMTP_USERNAME"):
-                    smtp.login(self.env["SMTP_USERNAME"], self.env.get("SMTP_PASSWORD", ""))
-                smtp.send_message(message)
-            delivered["mail"] = True
-        if self.env.get("PAGERDUTY_ROUTING_KEY"):  # the start and end change events and the resolve
-            base, key = (
-                self.env.get("PAGERDUTY_EVENTS_URL", "https://events.pagerduty.com"),
-                self.env["PAGERDUTY_ROUTING_KEY"],
-            )
-            stamp = time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime())
-            change = {"routing_key": key, "payload": {"summary": subject, "source": "bench.floor", "timestamp": stamp}}
-            resolve = {"routing_key": key, "event_action": "resolve", "dedup_key": "emergency-rollback/local/bench"}
-            for path, event in (
-                ("/v2/change/enqueue", change),
-                ("/v2/enqueue", resolve),
-                ("/v2/change/enqueue", change),
-            ):
-                response = requests.post(base.rstrip("/") + path, json=event, timeout=10)
-                delivered["pagerduty"] = delivered.get("pagerduty", True) and response.status_code == 202
-        self.facts["notifications"] = delivered
+        result = self._notify("succeeded", self.report(), announce=True)
+        self.facts["notifications"] = result.get("deliveries", {})
+        self._publish({"notifications": result.get("deliveries", {}), "warnings": result.get("problems", [])})
 
     # -- the run -------------------------------------------------------------------------------
-    def run(self) -> dict:
+    def run(self, launched_at: float | None = None) -> dict:
         started_at, began = time.time(), time.perf_counter()
+        self.facts["started_epoch"] = started_at
         if self.audit_file:
-            append_record(self.audit_file, {"kind": "start", "playbook": "bench.floor", "reason": self.reason}, KEY)
-        self._step("preflight", self.preflight)
-        self._step("flag", self.flag)
-        self._step("propagation", self.propagation)
-        self._step("schema", self.schema)
-        self._step("verify", self.verify)
-        if self.notify:
-            self._step("notify", self.notify_step)
-        if self.audit_file:
-            record = {
-                "kind": "end",
-                "outcome": "succeeded",
-                "ended_at": datetime.now(UTC).isoformat(),
-                "steps": [{"name": n, "duration_seconds": s["seconds"]} for n, s in self.steps.items()],
-                **{k: v for k, v in self.facts.items() if k != "points"},
-            }
-            append_record(self.audit_file, json.loads(json.dumps(record, default=str)), KEY)
+            self.session = AuditSession(
+                path=self.audit_file,
+                playbook_file="rollback.yml",  # the callback's only_playbooks names what it audits
+                check_mode=False,
+                ansible_version="none (bench floor)",
+                environ=self.env,
+            )
+            self.session.start()
+        try:
+            self._step("preflight", self.preflight)
+            self._step("flag", self.flag)
+            flag_off_at = time.time()
+            self._step("propagation", self.propagation)
+            self._step("schema", self.schema)
+            self._step("verify", self.verify)
+            if self.notify:
+                self._step("notify", self.notify_step)
+        except BaseException as exc:
+            if self.session is not None:
+                self.session.finish(error=str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            raise
+        if self.session is not None:
+            problem = self.session.finish(recap={HOST: {"ok": len(self.steps), "failures": 0, "unreachable": 0}})
+            if problem:
+                raise FloorError(f"the end record was not written: {problem}")
         total = time.perf_counter() - began
+        databases = self.facts["databases"]
         return {
             "total_seconds": round(total, 4),
             "started_at": started_at,
+            "flag_confirmed_at": self.facts["flag_confirmed_at"],
+            "flag_step_ended_at": flag_off_at,
             "propagation_seconds": self.facts["propagation_seconds"],
+            "plan_seconds": self.facts.get("plan_seconds"),
             "steps": self.steps,
             "databases": len(self.databases),
-            "changed": sum(d["changed"] for d in self.facts["databases"].values()),
+            "changed": sum(db["changed"] for db in databases.values()),
             "target": self.facts["target"],
-            "flag_before": self.facts["flag_before"],
+            "flag_before": self.facts["flag_result"]["previous_state"],
+            "notifications": self.facts.get("notifications", {}),
+            "audit_status": self.session.status if self.session else None,
         }
 
 
@@ -363,7 +590,11 @@ def main(argv: list[str] | None = None) -> int:
         "--propagation-interval", type=float, help="seconds between two polls of the barrier (default: the role's)"
     )
     parser.add_argument("--reason", default="bench floor")
-    parser.add_argument("--no-notify", action="store_true", help="skip the Slack and e-mail notifications")
+    parser.add_argument(
+        "--no-notify",
+        action="store_true",
+        help="skip the last notification (Slack, e-mail, PagerDuty's resolve and end event)",
+    )
     parser.add_argument("--audit-file", help="append start/end records to this hash-chained audit file")
     parser.add_argument("--json-out", help="write the result here (default: stdout)")
     args = parser.parse_args(argv)
