@@ -185,7 +185,8 @@ def summary_table(results: dict) -> list[str]:
     hung = sum(len(p.get("hung") or []) for p in parts)
     if parts:
         rows.append(
-            ["P1/P2 playbook runs that did not end (killed after 150 s)", f"{hung} of {runs}", "0 of " + str(runs),
+            ["P1/P2 playbook runs that did not end (watchdog: 150 s + 0.5 s a database)",
+             f"{hung} of {runs}", "0 of " + str(runs),
              "-", "0", met(hung == 0)]
         )  # fmt: skip
     stress = results.get("stress")

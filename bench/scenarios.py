@@ -35,6 +35,7 @@ from bench.common import (
     run_floor,
     run_playbook,
     run_timed,
+    run_timeout,
     summary,
     tenants_inventory,
 )
@@ -76,6 +77,7 @@ class Context:
             inventory = tenants_inventory(
                 project() / ".run" / "bench-inventory" / f"tenants-{len(databases)}.yml", databases[1:]
             )
+        kwargs.setdefault("timeout", run_timeout(len(databases)))
         return run_playbook(
             "rollback.yml",
             {**self.env, **kwargs.pop("env", {})},
@@ -245,7 +247,7 @@ def measure_stress(ctx: Context, databases: int, runs: int) -> dict:
     """`runs` rollbacks of `databases` databases through ansible-playbook in a row, each after a redeploy.
 
     Not a timing: a count of the runs that did not end (the playbook's watchdog kills a run that
-    outlives PLAYBOOK_TIMEOUT and every process it started) and of the runs that failed.
+    outlives run_timeout() and every process it started) and of the runs that failed.
     """
     ctx.log(f"stress: {runs} rollbacks of {databases} databases in a row through ansible-playbook")
     names = ctx.tenants(databases)
