@@ -29,7 +29,7 @@ molecule: setup
 	molecule test $(or $(MOLECULE_ARGS),--all)
 
 ## make bench — the benchmarks: writes bench/RESULTS.md and bench/*.png (a quicker run:
-## make bench BENCH_ARGS="--runs 3 --fanout 1,10,50,100"; see python -m bench --help).
+## make bench BENCH_ARGS="--runs 3 --fanout 1,10,100"; see python -m bench --help).
 bench: setup
 	$(BIN)/python -m bench $(BENCH_ARGS)
 

@@ -8,7 +8,7 @@ the stack down. Raw data (logs, audit files, the load series, generated inventor
 bench/out/ (git-ignored, skipped by the linters).
 
     python -m bench                                   # everything, the defaults below
-    python -m bench --runs 3 --fanout 1,10,50,100     # fewer runs
+    python -m bench --runs 3 --fanout 1,10,100        # fewer runs, no 500-database point
     python -m bench --only p1,profile --runs 2        # a part (the report shows what was measured)
     python -m bench --report-only                     # rewrite RESULTS.md and plots from results.json
     python -m bench --only p1 --project /tmp/copy --report-dir /tmp/copy-report   # measure a modified copy
@@ -56,8 +56,13 @@ def _numbers(text: str, kind=int) -> list:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="P1 runs of the playbook and of the floor (default 5)")
-    parser.add_argument("--fanout", default="1,10,50,100", help="P2 database counts (default 1,10,50,100)")
-    parser.add_argument("--fanout-runs", type=int, default=3, help="P2 runs per count and kind (default 3)")
+    parser.add_argument("--fanout", default="1,10,100,500", help="P2 database counts (default 1,10,100,500)")
+    parser.add_argument(
+        "--fanout-runs",
+        type=int,
+        default=2,
+        help="P2 runs per count and kind (default 2: a 500-database pair takes minutes)",
+    )
     parser.add_argument("--refresh", default="1,5", help="P3 SDK refresh intervals in s (default 1,5)")
     parser.add_argument("--p3-runs", type=int, default=8, help="P3 flag toggles per refresh interval (default 8)")
     parser.add_argument("--profile-runs", type=int, default=3, help="profiled playbook runs (default 3)")
