@@ -86,6 +86,7 @@ class RestoreConflicts(SchemaError):
     def __init__(self, message: str, report: dict):
         super().__init__(message)
         self.report = report
+        self.details = {"restore": report}  # the result's `restore` (schema_jobs.finish)
 
 
 def _manifest():

@@ -9,46 +9,28 @@ from __future__ import annotations
 
 import os
 
-from ansible.module_utils.alembic_runner import database_budget
-from ansible.module_utils.pg_session import DSN_ENV_VAR, redact
+from ansible.module_utils.pg_session import DSN_ENV_VAR
 from ansible.module_utils.runbook_plugin import NO_LOG_VALUES_KEY
+from ansible.module_utils.schema_jobs import lost_result, run_databases
 from ansible.module_utils.schema_revert import new_run_id
 from ansible.module_utils.schema_tasks import duplicate_names
 from ansible.module_utils.upgrade_runner import upgrade_database
-from ansible.module_utils.worker_pool import run_jobs
 
 
 def _lost_database(job: dict, reason: str) -> dict:
-    return {
-        "name": job.get("name"),
-        "changed": False,
-        "failed": True,
-        "check_mode": bool(job.get("check_mode")),
-        "run_id": job.get("run_id"),
-        "from_revision": None,
-        "to_revision": None,
-        "steps": [],
-        "attempts": 0,
-        "attempt_log": [],
-        "lock_wait_seconds": 0.0,
-        "restore": None,
-        "msg": redact(
-            f"Cannot tell whether the upgrade finished: {reason}. Its transaction was not committed by this run "
-            "unless the database now reports the target revision: read its state (status.yml) before running again.",
-            job.get("dsn"),
-        ),
-    }
+    return lost_result(job, reason, "upgrade", from_revision=None, steps=[], restore=None)
 
 
 def upgrade_databases(jobs: list[dict], parallel: int = 2, database_timeout: float | None = None) -> list[dict]:
-    """upgrade_database() for every job, at most `parallel` at a time (new interpreters), results in job order."""
-    if database_timeout:
-        jobs = [{**job, "database_timeout": database_timeout} for job in jobs]
-    workers = max(1, min(int(parallel), len(jobs)))
-    if workers == 1:
-        return [upgrade_database(job) for job in jobs]
-    return run_jobs(
-        "ansible.module_utils.upgrade_runner:upgrade_database", jobs, workers, database_budget, _lost_database
+    """upgrade_database() for every job, at most `parallel` at a time (new interpreters, schema_jobs.run_databases),
+    results in job order."""
+    return run_databases(
+        "ansible.module_utils.upgrade_runner:upgrade_database",
+        upgrade_database,
+        jobs,
+        parallel=parallel,
+        database_timeout=database_timeout,
+        lost=_lost_database,
     )
 
 
