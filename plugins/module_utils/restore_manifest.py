@@ -19,11 +19,8 @@ try:
 except ImportError:  # pragma: no cover - the module reports missing_required_lib
     pgsql = None
 
+from ansible.module_utils.schema_archive import ARCHIVE_SCHEMA, MANIFEST_TABLE  # the archive writes them
 from ansible.module_utils.schema_errors import SchemaError
-
-ARCHIVE_SCHEMA = "rollback_archive"
-
-MANIFEST_TABLE = "manifest"
 
 MAX_KEYS = 10
 

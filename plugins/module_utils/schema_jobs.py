@@ -47,6 +47,23 @@ from ansible.module_utils.schema_errors import LockTimeoutExhausted, SchemaError
 from ansible.module_utils.worker_pool import run_jobs
 
 BASE = "base"
+# The task options every guarded job takes as they are (the plugins' job options name them once).
+GUARDED_OPTIONS = (
+    "tool",
+    "config_file",
+    "script_location",
+    "version_locations",
+    "revision",
+    "lock_timeout",
+    "lock_attempts",
+    "lock_backoff",
+    "lock_backoff_max",
+    "statement_timeout",
+    "advisory_lock_wait",
+    "application_name",
+    "connect_timeout",
+    "require_verified_tls",
+)
 
 
 def guarded_job_defaults() -> dict:
