@@ -206,15 +206,15 @@ def failure_cause(exc: BaseException, code: str | None, job: dict, advice: str) 
     return first_line(exc)
 
 
-def attempts(
-    job: dict, conn, pid: int, result: dict, attempt: Callable, *, exhausted: Callable, failure: Callable, keep=()
-):
+def attempts(job: dict, session: tuple, result: dict, attempt: Callable, *, change: str, unchanged: str, **failing):
     """`attempt()` in one transaction, retried on lock timeouts: see the module docstring; its value.
 
-    `exhausted(attempts, lock_timeout)`: the failure's start ("Cannot ... -> ...: every one of ...");
-    `failure(exc, code)`: the SchemaError any other error becomes, except the error types in `keep`,
-    raised as they are. The result records every attempt (`attempt_log`), the seconds waited for locks
-    and backoff (`lock_wait_seconds`), `attempts`, and on success `changed`."""
+    `session`: (connection, backend pid). On exhaustion: "Cannot <change>: every one of ... rolled back
+    (<unchanged>). Blocking: ...". `failing["failure"](exc, code)`: the SchemaError any other error
+    becomes, except the error types in `failing["keep"]`, raised as they are. The result records every
+    attempt (`attempt_log`), the seconds waited for locks and backoff (`lock_wait_seconds`),
+    `attempts`, and on success `changed`."""
+    conn, pid = session
     raw = conn.connection.driver_connection
     lock_timeout, count = float(job["lock_timeout"]), int(job["lock_attempts"])
     for number in range(1, count + 1):
@@ -245,9 +245,9 @@ def attempts(
             code = pgcode_of(exc)
             if code not in RETRYABLE_CODES:
                 result["attempt_log"].append({"attempt": number, "outcome": "failed", "seconds": round(seconds, 3)})
-                if isinstance(exc, keep):
+                if isinstance(exc, failing.get("keep", ())):
                     raise
-                raise failure(exc, code) from None
+                raise failing["failure"](exc, code) from None
             result["attempt_log"].append(
                 {
                     "attempt": number,
@@ -260,8 +260,9 @@ def attempts(
             result["lock_wait_seconds"] += seconds
             if number == count:
                 raise LockTimeoutExhausted(
-                    f"{exhausted(count, lock_timeout)} Blocking: {describe_sessions(watch.sessions)}. End or wait "
-                    "for those sessions, then run again.",
+                    f"Cannot {change}: every one of {count} attempt(s) timed out after lock_timeout {lock_timeout:g} s "
+                    f"waiting for a table lock, and each was rolled back ({unchanged}). Blocking: "
+                    f"{describe_sessions(watch.sessions)}. End or wait for those sessions, then run again.",
                     blocking_sessions=watch.sessions,
                     attempts=number,
                 ) from None
@@ -275,14 +276,6 @@ def attempts(
         result["changed"] = True
         return value
     return None  # pragma: no cover - lock_attempts >= 1 (validated)
-
-
-def timed_out(change: str, attempts: int, lock_timeout: float, unchanged: str) -> str:
-    """The start of LockTimeoutExhausted's sentence."""
-    return (
-        f"Cannot {change}: every one of {attempts} attempt(s) timed out after lock_timeout {lock_timeout:g} s "
-        f"waiting for a table lock, and each was rolled back ({unchanged})."
-    )
 
 
 # -- many databases --------------------------------------------------------------------------------

@@ -44,7 +44,6 @@ from ansible.module_utils.schema_jobs import (
     locked_session,
     revision_value,
     rolled_back_cursor,
-    timed_out,
 )
 
 ACCEPT_PATTERN = r"^[^:\s]+:[0-9a-f]{64}$"
@@ -192,17 +191,9 @@ def _apply(job, tool, conn, *, pid, current, target, plan, result) -> None:
         guard.reconcile()
         return archiver, guard
 
-    archiver, guard = attempts(
-        job,
-        conn,
-        pid,
-        result,
-        attempt,
-        exhausted=lambda count, lock_timeout: timed_out(
-            f"revert {current} -> {target}", count, lock_timeout, "the database is unchanged"
-        ),
-        failure=lambda exc, code: _failure(exc, code, current, target, job),
-    )
+    failure = lambda exc, code: _failure(exc, code, current, target, job)  # noqa: E731
+    change, unchanged = f"revert {current} -> {target}", "the database is unchanged"
+    archiver, guard = attempts(job, (conn, pid), result, attempt, change=change, unchanged=unchanged, failure=failure)
     result["drops"] = [{k: v for k, v in e.items() if k != "oid"} for e in archiver.entries]
     result["archive"] = archiver.summary()
     result.update(guard.result())

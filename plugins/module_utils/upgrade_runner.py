@@ -58,7 +58,6 @@ from ansible.module_utils.schema_jobs import (
     locked_session,
     revision_value,
     rolled_back_cursor,
-    timed_out,
 )
 from ansible.module_utils.schema_revert import validate_job
 from ansible.module_utils.upgrade_alembic import (
@@ -195,17 +194,10 @@ def _apply(job, alembic, conn, *, pid, current, destination, targets, result) ->
                 summary["waiting"] = restore_summary([], waiting, set())["waiting"]
             return summary
 
+    failure = lambda exc, code: _failure(exc, code, start, end, job)  # noqa: E731
+    change, unchanged = f"upgrade {start} -> {end}", "the database is unchanged, nothing restored"
     result["restore"] = attempts(
-        job,
-        conn,
-        pid,
-        result,
-        attempt,
-        exhausted=lambda count, lock_timeout: timed_out(
-            f"upgrade {start} -> {end}", count, lock_timeout, "the database is unchanged, nothing restored"
-        ),
-        failure=lambda exc, code: _failure(exc, code, start, end, job),
-        keep=(RestoreConflicts,),
+        job, (conn, pid), result, attempt, change=change, unchanged=unchanged, failure=failure, keep=(RestoreConflicts,)
     )
 
 
