@@ -28,14 +28,12 @@ import random
 import time
 from collections.abc import Callable
 
+from ansible.module_utils.pg_locks import BlockerWatch, acquire_advisory_lock, describe_sessions
 from ansible.module_utils.pg_session import (
     APPLICATION_NAME,
     DEADLOCK_DETECTED,
     QUERY_CANCELED,
     RETRYABLE_CODES,
-    BlockerWatch,
-    acquire_advisory_lock,
-    describe_sessions,
     first_line,
     pgcode_of,
     redact,

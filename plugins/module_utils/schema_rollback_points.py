@@ -22,14 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 
 from ansible.module_utils.alembic_runner import read_revisions
-from ansible.module_utils.pg_session import (
-    APPLICATION_NAME,
-    acquire_advisory_lock,
-    connect,
-    first_line,
-    redact,
-    resolve_dsn,
-)
+from ansible.module_utils.pg_locks import acquire_advisory_lock
+from ansible.module_utils.pg_session import APPLICATION_NAME, connect, first_line, redact, resolve_dsn
 from ansible.module_utils.schema_errors import RefusedError, SchemaError
 from ansible.module_utils.schema_fingerprint import fingerprint_of, schema_objects
 
