@@ -35,7 +35,7 @@ class FilterModule:
     def filters(self):
         return {
             "rollback_audit_databases": rollback_audit_databases,
-            "rollback_audit_warnings": report_lines.audit_warnings,
+            "rollback_audit_trail_warnings": report_lines.audit_warnings,
             "rollback_plan_lines": report_lines.plan_lines,
             "rollback_revision_lines": report_lines.revision_lines,
             "rollback_archive_lines": report_lines.archive_lines,
