@@ -95,9 +95,11 @@ def project_heads(params: dict) -> tuple[list[str], object]:
         from ansible.module_utils.efcore import history_heads, read_history_revisions  # noqa: PLC0415
 
         return history_heads(params.get("script")), read_history_revisions
-    from ansible.module_utils.schema_alembic import _project, heads, version_table  # noqa: PLC0415
+    from ansible.module_utils.schema_alembic import heads, load_project, version_table  # noqa: PLC0415
 
-    cfg, script = _project(params.get("script_location"), params.get("version_locations"), params.get("config_file"))
+    cfg, script = load_project(
+        params.get("script_location"), params.get("version_locations"), params.get("config_file")
+    )
     version = version_table(cfg, script)
     return heads(script), lambda cursor: read_revisions(cursor, version)
 
