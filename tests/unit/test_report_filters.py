@@ -133,6 +133,11 @@ def test_plan_restore_plan_and_purge_facts():
     assert purge == {"a": {"failed": True, "would_purge": [], "purged": [], "msg": "no"}}
 
 
+def test_a_result_that_does_not_say_failed_is_recorded_as_not_failed():
+    for kind in ("revert", "upgrade", "purge"):
+        assert audit_databases([{"name": "x"}], kind)["x"]["failed"] is False, kind
+
+
 def test_no_result_gives_no_facts_and_an_unknown_kind_names_the_valid_ones():
     assert audit_databases(None, "revert") == {}
     with pytest.raises(UnknownAuditKind, match="use one of plan, revert, restore_plan, upgrade, purge"):
