@@ -15,7 +15,7 @@ adds the application_name (`app=%a`) so that a wait can be told apart by who wai
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # What the log must say for a wait to be measured; deadlock_timeout is also the shortest wait logged.
@@ -33,6 +33,8 @@ LOCK_WAIT_MARGIN = 0.25
 _LINE = re.compile(
     r"\[(?P<pid>\d+)\] \S*@\S* (?:app=(?P<app>.*?) )?LOG:  process (?P<process>\d+) "
     r"(?P<what>still waiting for|acquired) (?P<mode>\w+) on (?P<object>.+?) after (?P<ms>\d+\.\d+) ms"
+    r"|\[(?P<detail_pid>\d+)\] \S*@\S* (?:app=.*? )?DETAIL:  Process(?:es)? holding the lock: (?P<holders>[\d, ]*)\. "
+    r"Wait queue: (?P<queue>[\d, ]*)\."
 )
 
 
@@ -46,6 +48,9 @@ class LockWait:
     object: str
     still_waiting_ms: float | None = None
     acquired_ms: float | None = None
+    # When it logged "still waiting" (its DETAIL): who held the lock, and the queue in order (itself included).
+    holders: list[int] = field(default_factory=list)
+    wait_queue: list[int] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -64,6 +69,10 @@ def parse(text: str) -> list[LockWait]:
     waits: list[LockWait] = []
     open_waits: dict[int, LockWait] = {}
     for match in _LINE.finditer(text):
+        if match["detail_pid"]:
+            if wait := open_waits.get(int(match["detail_pid"])):
+                wait.holders, wait.wait_queue = _pids(match["holders"]), _pids(match["queue"])
+            continue
         pid = int(match["process"])
         key = (match["mode"], match["object"])
         wait = open_waits.get(pid)
@@ -77,6 +86,10 @@ def parse(text: str) -> list[LockWait]:
             wait.acquired_ms = float(match["ms"])
             open_waits.pop(pid, None)
     return waits
+
+
+def _pids(text: str) -> list[int]:
+    return [int(pid) for pid in text.split(",") if pid.strip()]
 
 
 class LockWaitLog:

@@ -3,9 +3,9 @@
 Live traffic must never wait behind the revert's lock request for longer than lock_timeout. The wait
 is measured by PostgreSQL, not by the test's clock: with `log_lock_waits` on, a backend that waited
 longer than `deadlock_timeout` logs, when it finally gets the lock, "process <pid> acquired <mode> on
-<object> after <ms> ms", the time from the start of its wait (rehearsal.lockwaits reads it). That duration does
-not include the test process's scheduling, so the margin only covers PostgreSQL cancelling the
-timed-out request and waking the next waiter.
+<object> after <ms> ms", the time from the start of its wait (rehearsal.lockwaits reads it, for the
+drills too). That duration does not include the test process's scheduling, so the margin only covers
+PostgreSQL cancelling the timed-out request and waking the next waiter.
 """
 
 from __future__ import annotations

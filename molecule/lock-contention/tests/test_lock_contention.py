@@ -50,12 +50,15 @@ def test_live_traffic_never_waited_longer_than_lock_timeout(runs, label):
     # A wait that never ended with the lock was cancelled (the app's statement_timeout): unbounded.
     assert all(wait["acquired_ms"] is not None for wait in waits), waits
     too_long = [wait for wait in waits if wait["acquired_ms"] > (LOCK_TIMEOUT + LOCK_WAIT_MARGIN) * 1000]
-    assert not too_long, f"app queries waited longer than lock_timeout {LOCK_TIMEOUT:g} s: {too_long}"
+    longest = sorted(too_long, key=lambda wait: wait["acquired_ms"])[-3:]
+    assert not too_long, (
+        f"{len(too_long)} app lock waits longer than lock_timeout {LOCK_TIMEOUT:g} s; longest: {longest}"
+    )
 
 
 def test_the_lock_queue_really_formed(runs):
     """The app's writes (ROW EXCLUSIVE on documents) do not conflict with the blocker's ACCESS SHARE: they
-    waited only behind the revert's ACCESS EXCLUSIVE request, as PostgreSQL logged it (not vacuous)."""
+    queued behind the revert's ACCESS EXCLUSIVE request, as PostgreSQL logged it (the drill is not vacuous)."""
     run = runs["blocked"]
     assert run["fault"]["blocker"]["first_waiters"][0]["application_name"].startswith(REVERT_APPLICATION_NAME)
     revert_waits = [
@@ -64,11 +67,16 @@ def test_the_lock_queue_really_formed(runs):
         if (wait["application_name"] or "").startswith(REVERT_APPLICATION_NAME)
         and wait["mode"] == "AccessExclusiveLock"
     ]
-    # Each attempt waited until lock_timeout cancelled it: PostgreSQL never logged it acquired.
+    # Each of the 3 attempts waited until lock_timeout cancelled it: PostgreSQL never logged it acquired.
     assert len(revert_waits) == 3 and all(wait["acquired_ms"] is None for wait in revert_waits), revert_waits
+    blocker = run["fault"]["blocker"]["pid"]
+    assert all(wait["holders"] == [blocker] for wait in revert_waits), revert_waits
+    revert_pids = {wait["pid"] for wait in revert_waits}
     waits = app_waits(run)
-    assert waits, f"no app session waited behind the revert's lock request: {run['lock_waits']}"
-    assert {wait["object"] for wait in waits} <= {wait["object"] for wait in revert_waits}, waits
+    assert waits, f"no app session waited for a lock during the blocked run: {run['lock_waits']}"
+    for wait in waits:  # in PostgreSQL's wait queue, the revert's request came before the app's
+        queue = wait["wait_queue"]
+        assert wait["pid"] in queue and revert_pids & set(queue[: queue.index(wait["pid"])]), wait
     # At 30 requests a second, the first write after each request queued waited most of lock_timeout.
     assert max(wait["acquired_ms"] for wait in waits) >= 0.5 * LOCK_TIMEOUT * 1000, waits
 
