@@ -39,6 +39,8 @@ from flask import Flask, Response, g, jsonify, request
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from rehearsal.appdb import APP_APPLICATION_NAME
+
 FLAG = "DataTransformationFeature"
 DEFAULT_REFRESH_INTERVAL = 15.0
 
@@ -121,7 +123,7 @@ class Database:
     """A small thread-safe pool of `app_rw` connections; a broken connection is discarded, not reused."""
 
     def __init__(self, dsn: str, size: int, statement_timeout_ms: int):
-        options = f"-c statement_timeout={statement_timeout_ms} -c application_name=transformation-engine"
+        options = f"-c statement_timeout={statement_timeout_ms} -c application_name={APP_APPLICATION_NAME}"
         # minconn = maxconn: psycopg2 closes a returned connection when the pool holds minconn already,
         # and a new connection costs a SCRAM handshake (several ms of CPU on both sides).
         self.pool = psycopg2.pool.ThreadedConnectionPool(size, size, dsn, options=options, connect_timeout=5)

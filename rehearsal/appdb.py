@@ -29,6 +29,8 @@ APP_DB = "transformation"
 UNLEASH_DB = "unleash"
 TEMPLATE_DB = "rehearsal_tenant_template"
 MIGRATOR, APP_RW, UNLEASH = "migrator", "app_rw", "unleash"
+# The application_name of the app's sessions (rehearsal.app): how the drills tell its lock waits apart.
+APP_APPLICATION_NAME = "transformation-engine"
 SEED_ROWS = 50
 
 

@@ -30,41 +30,35 @@ import os
 try:
     import alembic.ddl.postgresql  # noqa: F401 - loaded once, before worker processes fork
     import sqlalchemy.dialects.postgresql.psycopg2  # noqa: F401
-    from alembic.config import Config
     from sqlalchemy import event
-    from sqlalchemy.engine import Engine
 
     HAS_ALEMBIC = True
 except ImportError:  # pragma: no cover - the module reports missing_required_lib
     HAS_ALEMBIC = False
 
-from ansible.module_utils.pg_session import connect, redact
+from ansible.module_utils.pg_session import connect
 from ansible.module_utils.schema_alembic import (
     BASE,
     ENV_PY_FIX,
-    _escape,
-    _project,
-    _run_env,
+    ForeignConnection,
     alembic_config,
     check_downgrade,
     current_revisions,
     downgrade_steps,
     env_py_reads_connection,
     heads,
+    load_project,
     load_script,
     plan,
     read_revisions,
     resolve_target,
+    run_on_connection,
     version_table,
 )
 from ansible.module_utils.schema_errors import MigrationFailed, RefusedError
-from ansible.module_utils.schema_revert import backoff_seconds, job_defaults, new_run_id, revert_with, validate_job
+from ansible.module_utils.schema_jobs import backoff_seconds, database_budget, lost_result, run_databases
+from ansible.module_utils.schema_revert import job_defaults, new_run_id, revert_with, validate_job
 from ansible.module_utils.sql_analysis import SqlAnalysisError, analyze
-from ansible.module_utils.worker_pool import run_jobs
-
-
-class ForeignConnection(MigrationFailed):
-    """env.py opened a connection of its own while the downgrade ran."""
 
 
 def _hook(guard):
@@ -100,7 +94,7 @@ class AlembicTool:
         self.cfg = self.script = self.target = self.version = None
 
     def load(self) -> str:
-        self.cfg, self.script = _project(
+        self.cfg, self.script = load_project(
             self.job["script_location"], self.job["version_locations"], self.job["config_file"]
         )
         self.target = resolve_target(self.script, self.job["revision"])
@@ -139,32 +133,19 @@ class AlembicTool:
 
     def run(self, conn, guard) -> None:
         """alembic's downgrade on the module's connection, inside its transaction, every statement guarded."""
-        cfg = Config(file_=self.cfg.config_file_name, toml_file=self.cfg.toml_file_name)
-        for key, value in self.cfg.get_section(self.cfg.config_ini_section, {}).items():
-            cfg.set_main_option(key, _escape(value))
-        cfg.attributes.update(connection=conn, configure_logger=False)
         own = conn.engine
         hook = _hook(guard)
-
-        def refuse_foreign(connection, *_args) -> None:
-            if connection.engine is not own:
-                raise ForeignConnection(
-                    f"{os.path.join(self.script.dir, 'env.py')} opened a database connection of its own; a downgrade "
-                    "runs only on the module's connection (config.attributes['connection'], see env_py_fix)"
-                )
-
         event.listen(own, "before_cursor_execute", hook, retval=True)
-        event.listen(Engine, "engine_connect", refuse_foreign)
         try:
-            _run_env(
-                cfg,
+            run_on_connection(
+                self.cfg,
                 self.script,
+                conn,
                 fn=lambda rev, _ctx: downgrade_steps(self.script, self.target, rev),
-                as_sql=False,
-                destination_rev=self.target,
+                destination=self.target,
+                what="a downgrade",
             )
         finally:
-            event.remove(Engine, "engine_connect", refuse_foreign)
             event.remove(own, "before_cursor_execute", hook)
 
 
@@ -183,53 +164,20 @@ def revert_database(job: dict) -> dict:
 
 
 # -- many databases --------------------------------------------------------------------------------
-def database_budget(job: dict) -> float:
-    """Seconds one database may take before the watchdog stops its worker: `database_timeout`, else
-    the longest a healthy revert can take with the job's settings (connection, advisory lock, every
-    attempt at its statement timeout with backoff), plus a minute."""
-    if job.get("database_timeout"):
-        return float(job["database_timeout"])
-    full = {**job_defaults(), **{k: v for k, v in job.items() if v is not None}}
-    attempts = int(full["lock_attempts"])
-    per_attempt = float(full["statement_timeout"]) + float(full["lock_backoff_max"])
-    return float(full["connect_timeout"]) + float(full["advisory_lock_wait"]) + attempts * per_attempt + 60.0
-
-
 def _lost_database(job: dict, reason: str) -> dict:
-    """The result of a database whose worker hung or died: failed, with the state to check."""
-    return {
-        "name": job.get("name"),
-        "changed": False,
-        "failed": True,
-        "check_mode": bool(job.get("check_mode")),
-        "run_id": job.get("run_id"),
-        "to_revision": None,
-        "attempts": 0,
-        "attempt_log": [],
-        "lock_wait_seconds": 0.0,
-        "msg": redact(
-            f"Cannot tell whether the revert finished: {reason}. Its transaction was not committed by this run "
-            "unless the database now reports the target revision: read its state (status.yml) before running again.",
-            job.get("dsn"),
-        ),
-    }
+    return lost_result(job, reason, "revert")
 
 
 def revert_databases(jobs: list[dict], parallel: int = 2, database_timeout: float | None = None) -> list[dict]:
-    """revert_database() for every job, at most `parallel` at a time, results in job order.
-
-    With more than one worker, each is a new interpreter (plugins/module_utils/worker_pool.py: no
-    fork of this process, whose threads' locks a forked child would inherit), with a watchdog per
-    database: a database that takes longer than its budget (`database_timeout`, or
-    database_budget()) is reported failed, and every other database is still reverted and reported.
-    """
-    if database_timeout:
-        jobs = [{**job, "database_timeout": database_timeout} for job in jobs]
-    workers = max(1, min(int(parallel), len(jobs)))
-    if workers == 1:
-        return [revert_database(job) for job in jobs]
-    return run_jobs(
-        "ansible.module_utils.alembic_runner:revert_database", jobs, workers, database_budget, _lost_database
+    """revert_database() for every job, at most `parallel` at a time, results in job order: with more than
+    one worker, each in a new interpreter under a watchdog (schema_jobs.run_databases)."""
+    return run_databases(
+        "ansible.module_utils.alembic_runner:revert_database",
+        revert_database,
+        jobs,
+        parallel=parallel,
+        database_timeout=database_timeout,
+        lost=_lost_database,
     )
 
 
@@ -237,6 +185,7 @@ __all__ = [
     "BASE",
     "ENV_PY_FIX",
     "HAS_ALEMBIC",
+    "ForeignConnection",
     "alembic_config",
     "backoff_seconds",
     "check_downgrade",

@@ -32,10 +32,10 @@ try:
 except ImportError:  # pragma: no cover - the module reports missing_required_lib
     pgsql = None
 
+from ansible.module_utils.pg_locks import acquire_advisory_lock
 from ansible.module_utils.pg_session import (
     APPLICATION_NAME,
     DSN_ENV_VAR,
-    acquire_advisory_lock,
     connect,
     first_line,
     pgcode_of,

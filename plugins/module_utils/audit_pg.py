@@ -21,6 +21,7 @@ by a transaction-level advisory lock.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 from ansible.module_utils.audit_chain import (
@@ -88,43 +89,41 @@ class PgSink:
             return AuditWriteError(NO_TABLE)
         return AuditWriteError(redact(f"cannot {what} the PostgreSQL copy of the audit: {first_line(exc)}", self.dsn))
 
-    def append(self, line: bytes, run_id: str, kind: str) -> int:
-        """Insert one record line after the chain head; returns its seq."""
+    @contextlib.contextmanager
+    def _cursor(self, what: str):
+        """A cursor in one transaction (committed on the way out); any failure becomes AuditWriteError
+        ("cannot <what> the PostgreSQL copy ...", redacted) and the connection is closed."""
         try:
             conn = self._connect()
             try:
                 with conn, conn.cursor() as cur:
-                    cur.execute("SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '20s'")
-                    cur.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
-                    cur.execute("SELECT seq, sha256 FROM runbook.audit_head")
-                    head = cur.fetchone()
-                    if head is None:
-                        raise AuditWriteError(NO_TABLE)
-                    seq, prev = head[0] + 1, head[1]
-                    text = entry_text(seq, prev, line)
-                    cur.execute(_INSERT, (seq, prev, sha256_hex(text), self.key.mac(text), run_id, kind, line.decode()))
-                return seq
+                    yield cur
             finally:
                 conn.close()
         except AuditWriteError:
             raise
         except Exception as exc:
-            raise self._error("write", exc) from None
+            raise self._error(what, exc) from None
+
+    def append(self, line: bytes, run_id: str, kind: str) -> int:
+        """Insert one record line after the chain head; returns its seq."""
+        with self._cursor("write") as cur:
+            cur.execute("SET LOCAL lock_timeout = '10s'; SET LOCAL statement_timeout = '20s'")
+            cur.execute("SELECT pg_advisory_xact_lock(%s)", (APPEND_LOCK_KEY,))
+            cur.execute("SELECT seq, sha256 FROM runbook.audit_head")
+            head = cur.fetchone()
+            if head is None:
+                raise AuditWriteError(NO_TABLE)
+            seq, prev = head[0] + 1, head[1]
+            text = entry_text(seq, prev, line)
+            cur.execute(_INSERT, (seq, prev, sha256_hex(text), self.key.mac(text), run_id, kind, line.decode()))
+        return seq
 
     def lines_of_run(self, run_id: str) -> list[bytes]:
         """The record lines of one run, in chain order (the guard reads its own records back)."""
-        try:
-            conn = self._connect()
-            try:
-                with conn, conn.cursor() as cur:
-                    cur.execute("SELECT line FROM runbook.audit_log WHERE run_id = %s ORDER BY seq", (run_id,))
-                    return [row[0].encode() for row in cur.fetchall()]
-            finally:
-                conn.close()
-        except AuditWriteError:
-            raise
-        except Exception as exc:
-            raise self._error("read", exc) from None
+        with self._cursor("read") as cur:
+            cur.execute("SELECT line FROM runbook.audit_log WHERE run_id = %s ORDER BY seq", (run_id,))
+            return [row[0].encode() for row in cur.fetchall()]
 
 
 @dataclass

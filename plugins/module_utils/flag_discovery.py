@@ -33,12 +33,11 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import string
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from ansible.module_utils.http_client import HttpClient, HttpError, HttpGaveUp, Response
+from ansible.module_utils.http_client import HttpClient, HttpError, HttpGaveUp, Response, unknown_placeholder
 
 SOURCES = ("prometheus", "kubernetes", "consul")
 DEFAULT_TEMPLATE = "{scheme}://{address}/status"
@@ -72,16 +71,11 @@ def _address(host: str, port: int | str | None) -> str:
 
 def _check_template(template: str) -> None:
     try:
-        used = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+        problem = unknown_placeholder("status_url_template", template, TEMPLATE_FIELDS)
     except ValueError as exc:
         raise DiscoveryConfigError(f"status_url_template is not a valid template ({exc}).") from None
-    unknown = [name for name in used if name not in TEMPLATE_FIELDS]
-    if unknown:
-        raise DiscoveryConfigError(
-            f"status_url_template uses the unknown placeholder {{{unknown[0]}}}: use only "
-            + ", ".join(f"{{{field}}}" for field in TEMPLATE_FIELDS)
-            + "."
-        )
+    if problem:
+        raise DiscoveryConfigError(problem)
     if not template.startswith(("http://", "https://", "{scheme}://")):
         raise DiscoveryConfigError(
             f"status_url_template {template!r} must start with http://, https:// or {{scheme}}://, "

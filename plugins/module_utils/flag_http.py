@@ -12,7 +12,6 @@ so another in-house shape needs configuration, not code.
 from __future__ import annotations
 
 import json
-import string
 from typing import Any
 from urllib.parse import quote
 
@@ -23,6 +22,7 @@ from ansible.module_utils.flag_provider_base import (
     FlagState,
     WriteResult,
 )
+from ansible.module_utils.http_client import unknown_placeholder
 
 HTTP_DEFAULTS = {
     "http_method": "PATCH",
@@ -78,14 +78,9 @@ class HttpProvider(FlagProvider):
         }
         if option.endswith("path") and option != "http_state_path" and quote_values:
             values = {key: quote(value, safe="") for key, value in values.items()}
-        used = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
-        unknown = [name for name in used if name not in PLACEHOLDERS]
-        if unknown:
-            raise FlagConfigError(
-                f"{option} uses the unknown placeholder {{{unknown[0]}}}: use only "
-                + ", ".join(f"{{{p}}}" for p in PLACEHOLDERS)
-                + "."
-            )
+        problem = unknown_placeholder(option, template, PLACEHOLDERS)
+        if problem:
+            raise FlagConfigError(problem)
         try:
             return template.format(**values)
         except (ValueError, IndexError) as exc:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import email.utils
 import ipaddress
 import random
+import string
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -93,6 +94,20 @@ def redact(text: str, secrets: list[str]) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, "<redacted>")
     return text
+
+
+def unknown_placeholder(option: str, template: str, allowed) -> str | None:
+    """One sentence if the URL/body template `option` uses a {placeholder} not in `allowed`, else None.
+    ValueError for a template str.format cannot read."""
+    used = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    unknown = [name for name in used if name not in allowed]
+    if unknown:
+        return (
+            f"{option} uses the unknown placeholder {{{unknown[0]}}}: use only "
+            + ", ".join(f"{{{name}}}" for name in allowed)
+            + "."
+        )
+    return None
 
 
 def is_loopback(url: str) -> bool:

@@ -14,7 +14,7 @@ The PagerDuty event uses the first line as `payload.summary` (cut to PagerDuty's
 and the whole text, line by line, in `custom_details.summary`. Nothing here sends anything, reads
 the environment, or knows about Ansible. No line ever carries a secret: the inputs hold none
 (webhook URLs, routing keys and passwords never reach this function), and a blocking session is
-named by pid, role, application_name, state and age (pg_session.describe_sessions), not its query.
+named by pid, role, application_name, state and age (pg_locks.describe_sessions), not its query.
 
 "Nothing was changed" is said only when it was checked: the run stopped before the flag step wrote
 anything and before the schema step ran. Everything else is listed as what was read.
@@ -26,8 +26,19 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-STEPS = ("preflight", "flag", "propagation", "schema", "verify")
-VERDICTS = ("verified", "failed", "inconclusive")
+from ansible.module_utils.notify_facts import (
+    STEPS,
+    databases_of,
+    failed_step_of,
+    flag_left_of,
+    flag_name_of,
+    result_dict,
+    seconds_since,
+    step_failed,
+    step_ran,
+    verification_of,
+)
+
 SUMMARY_MAX = 1024  # PagerDuty Events API v2: payload.summary "maximum permitted length ... 1024 characters"
 GROUP_ABOVE = 3  # more databases than this are counted per revision in the outcome line
 DEDUP_MAX = 255  # PagerDuty Events API v2: dedup_key "maximum permitted length ... 255 characters"
@@ -78,105 +89,24 @@ def dedup_key(environment: str, feature: str) -> str:
     return cut(f"emergency-rollback/{environment or 'unknown'}/{feature or 'unknown'}", DEDUP_MAX)
 
 
-# -- reading what the run knows ----------------------------------------------------------------------
-def _dict(value: Any) -> dict:
-    return value if isinstance(value, dict) else {}
-
-
-def _ran(result: Any) -> bool:
-    """A registered result of a step that ran (not skipped, not missing)."""
-    result = _dict(result)
-    return bool(result) and not result.get("skipped")
-
-
-def _failed(result: Any) -> bool:
-    return bool(_dict(result).get("failed"))
-
-
-def failed_step_of(report: dict) -> str:  # noqa: PLR0911 - one per step, in order
-    """The first step whose result is missing or failed (the role passes each step's registered result)."""
-    given = str(report.get("failed_step") or "")
-    if given:
-        return given
-    # The plan belongs to the preflight step; it may run before the flag step or after it (the flag
-    # off first, issue 15), so a failed flag step wins over a missing plan.
-    if _failed(report.get("flag")):
-        return "flag"
-    if not _ran(report.get("plan")) or _failed(report.get("plan")):
-        return "preflight"
-    if not _ran(report.get("flag")):
-        return "flag"
-    if not _ran(report.get("propagation")) or _failed(report.get("propagation")):
-        return "propagation"
-    if not _ran(report.get("schema")) or _failed(report.get("schema")):
-        return "schema"
-    return "verify"
-
-
-def _databases(result: Any) -> list[dict]:
-    """Per-database entries of a schema_migration or schema_state result (`databases` list)."""
-    return [d for d in _dict(result).get("databases") or [] if isinstance(d, dict) and d.get("name")]
-
-
-def verification_of(report: dict) -> dict:
-    """{verdict, checks: [{name, verdict, detail}], summary} as rollback_verify publishes it (docs/interfaces.md)."""
-    found = _dict(report.get("verification"))
-    checks = []
-    for check in found.get("checks") or []:
-        if isinstance(check, dict) and check.get("name"):
-            verdict = str(check.get("verdict") or "")
-            checks.append(
-                {
-                    "name": str(check["name"]),
-                    "verdict": verdict if verdict in VERDICTS else "failed",
-                    "detail": " ".join(str(check.get("detail") or "").split()),
-                }
-            )
-    verdict = str(found.get("verdict") or "")
-    if verdict not in VERDICTS:
-        verdict = ""
-    summary = found.get("summary") or found.get("msg") or ""  # app_verify's result says `msg`
-    return {"verdict": verdict, "checks": checks, "summary": " ".join(str(summary).split())}
-
-
-def _seconds_since(started: Any, now: float) -> float | None:
-    try:
-        return max(0.0, now - float(started))
-    except (TypeError, ValueError):
-        return None
-
-
-def _flag_name(report: dict) -> str:
-    return str(report.get("feature") or _dict(report.get("flag")).get("flag") or "the flag")
-
-
-def _flag_left(report: dict) -> tuple[str, str]:
-    """(state, why unknown) of the flag as read after a failure ("" state when it could not be read)."""
-    left = _dict(report.get("flag_left"))
-    if left.get("failed") or not left.get("previous_state"):
-        why = " ".join(str(left.get("msg") or "the flag API did not answer").split())
-        return "", why
-    return str(left["previous_state"]), ""
-
-
 # -- composing ---------------------------------------------------------------------------------------
 def compose(report: dict, event: str, now: float | None = None) -> Message:  # noqa: PLR0912, PLR0915 - one text, read top-down
     """The words for `event` ("succeeded" or "failed"; "start" gets the start line only) from `report`."""
     now = datetime.now(UTC).timestamp() if now is None else now
     env = str(report.get("environment") or "?")
-    feature = _flag_name(report)
+    feature = flag_name_of(report)
     verification = verification_of(report)
     step = "" if event in ("succeeded", "start") else failed_step_of(report)
     inconclusive = step == "verify" and verification["verdict"] == "inconclusive"
     outcome = "succeeded" if event in ("succeeded", "start") else "inconclusive" if inconclusive else "failed"
     target = str(report.get("target_revision") or "")
-    flag = _dict(report.get("flag"))
-    schema_dbs = _databases(report.get("schema"))
-    planned = {d["name"]: d for d in _databases(report.get("plan"))}
-    left_dbs = {d["name"]: d for d in _databases(report.get("state_left"))}
-    flag_before = str(report.get("flag_before") or _dict(report.get("flag_read")).get("previous_state") or "")
-    flag_left, flag_left_why = _flag_left(report)
-    elapsed = _seconds_since(report.get("started_at"), now)
+    flag = result_dict(report.get("flag"))
+    schema_dbs = databases_of(report.get("schema"))
+    planned = {d["name"]: d for d in databases_of(report.get("plan"))}
+    left_dbs = {d["name"]: d for d in databases_of(report.get("state_left"))}
+    flag_before = str(report.get("flag_before") or result_dict(report.get("flag_read")).get("previous_state") or "")
+    flag_left, flag_left_why = flag_left_of(report)
+    elapsed = seconds_since(report.get("started_at"), now)
     took = f" in {elapsed:.1f} s" if elapsed is not None else ""
 
     message = Message(outcome=outcome, subject="", lines=[], failed_step=step, dedup_key=dedup_key(env, feature))
@@ -231,7 +161,7 @@ def compose(report: dict, event: str, now: float | None = None) -> Message:  # n
 
     # -- what changed ---------------------------------------------------------------------------
     lines.append("What changed:")
-    ran_flag = _ran(flag) and not _failed(flag)
+    ran_flag = step_ran(flag) and not step_failed(flag)
     if ran_flag:
         reference = f", change {flag['change_reference']}" if flag.get("change_reference") else ""
         provider = str(flag.get("provider") or "")
@@ -247,7 +177,7 @@ def compose(report: dict, event: str, now: float | None = None) -> Message:  # n
         lines.append(f"- flag {feature}: {verb} (the flag step failed; read afterwards: {flag_left})")
     else:
         lines.append(f"- flag {feature}: unknown (the flag step failed and the flag could not be read afterwards)")
-    schema_ran = _ran(report.get("schema"))
+    schema_ran = step_ran(report.get("schema"))
     by_name = {d["name"]: d for d in schema_dbs}
     for name in names:
         db = by_name.get(name)
@@ -262,7 +192,7 @@ def compose(report: dict, event: str, now: float | None = None) -> Message:  # n
                 f"{db.get('attempts') or 0} attempt(s))"
             )
         elif db.get("changed"):
-            archive = _dict(db.get("archive"))
+            archive = result_dict(db.get("archive"))
             rows = int(archive.get("rows") or 0)
             kept = ""
             if rows:
@@ -378,7 +308,7 @@ def _next_steps(  # noqa: PLR0911 - one answer per outcome and step
 ) -> list[str]:
     runbook = str(report.get("runbook") or f"{RUNBOOK}, section 4 'When the down migration fails'")
     if outcome == "succeeded":
-        kept = [d for d in schema_dbs if _dict(d.get("archive")).get("rows")]
+        kept = [d for d in schema_dbs if result_dict(d.get("archive")).get("rows")]
         out = ["Nothing for the rollback. Keep the feature off until it is fixed; deploy.yml turns it on again."]
         if kept:
             out.append(
@@ -393,7 +323,7 @@ def _next_steps(  # noqa: PLR0911 - one answer per outcome and step
             "Once traffic reaches the application again, run the same command: it changes nothing and verifies again.",
         ]
     if step == "preflight":
-        if _ran(report.get("flag")) and not _failed(report.get("flag")):
+        if step_ran(report.get("flag")) and not step_failed(report.get("flag")):
             return [
                 "The flag is off (the legacy path is safe); the schema was not touched.",
                 "Fix the cause above and run the same command again: it finds the flag off and goes on.",
@@ -444,12 +374,12 @@ def _details(
     report: dict, *, feature: str, env: str, step: str, cause: str, flag_left: str, left_dbs: dict
 ) -> dict[str, Any]:
     """PagerDuty custom_details: the facts a responder needs first (the summary lines are added by the sender)."""
-    flag = _dict(report.get("flag"))
+    flag = result_dict(report.get("flag"))
     databases = {}
     for name, db in left_dbs.items():
         databases[name] = "unknown" if db.get("failed") else (db.get("revision") or "base")
     if not databases:
-        for db in _databases(report.get("schema")):
+        for db in databases_of(report.get("schema")):
             databases[db["name"]] = db.get("to_revision") if not db.get("failed") else db.get("from_revision")
     return {
         "environment": env,

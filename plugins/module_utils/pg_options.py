@@ -40,21 +40,27 @@ def database_argument_spec(parallel: int) -> dict:
     }
 
 
+def attempts_argument_spec() -> dict:
+    """The options of the guarded attempts (schema_jobs.attempts), with their defaults."""
+    return {
+        "lock_timeout": {"type": "float", "default": 2.0},
+        "lock_attempts": {"type": "int", "default": 5},
+        "lock_backoff": {"type": "float", "default": 0.5},
+        "lock_backoff_max": {"type": "float", "default": 5.0},
+        "statement_timeout": {"type": "float", "default": 60.0},
+        "database_timeout": {"type": "float"},
+    }
+
+
 def schema_migration_spec() -> dict:
     """schema_migration's AnsibleModule arguments (documented in plugins/modules/schema_migration.py)."""
-    spec = database_argument_spec(parallel=2)
+    spec = {**database_argument_spec(parallel=2), **attempts_argument_spec()}
     spec.update(
         revision={"type": "str", "required": True},
         script={"type": "path"},
-        lock_timeout={"type": "float", "default": 2.0},
-        lock_attempts={"type": "int", "default": 5},
-        lock_backoff={"type": "float", "default": 0.5},
-        lock_backoff_max={"type": "float", "default": 5.0},
-        statement_timeout={"type": "float", "default": 60.0},
         expected_sql_sha256={"type": "raw"},
         archive={"type": "bool", "default": True},
         accept_data_statements={"type": "list", "elements": "str", "default": []},
-        database_timeout={"type": "float"},
         report_query_text={"type": "bool", "default": False},
     )
     return {
@@ -85,18 +91,12 @@ def schema_state_spec() -> dict:
 
 def schema_upgrade_spec() -> dict:
     """schema_upgrade's AnsibleModule arguments (documented in plugins/modules/schema_upgrade.py)."""
-    spec = database_argument_spec(parallel=2)
+    spec = {**database_argument_spec(parallel=2), **attempts_argument_spec()}
     spec.update(
         revision={"type": "str", "default": "heads"},
         restore={"type": "bool", "default": True},
         accept_conflicts={"type": "list", "elements": "str", "default": []},
         restored_by={"type": "str"},
-        lock_timeout={"type": "float", "default": 2.0},
-        lock_attempts={"type": "int", "default": 5},
-        lock_backoff={"type": "float", "default": 0.5},
-        lock_backoff_max={"type": "float", "default": 5.0},
-        statement_timeout={"type": "float", "default": 60.0},
-        database_timeout={"type": "float"},
     )
     return {"argument_spec": spec, "mutually_exclusive": [("dsn", "databases")]}
 

@@ -19,11 +19,8 @@ try:
 except ImportError:  # pragma: no cover - the module reports missing_required_lib
     pgsql = None
 
+from ansible.module_utils.schema_archive import ARCHIVE_SCHEMA, MANIFEST_TABLE  # the archive writes them
 from ansible.module_utils.schema_errors import SchemaError
-
-ARCHIVE_SCHEMA = "rollback_archive"
-
-MANIFEST_TABLE = "manifest"
 
 MAX_KEYS = 10
 
@@ -86,6 +83,7 @@ class RestoreConflicts(SchemaError):
     def __init__(self, message: str, report: dict):
         super().__init__(message)
         self.report = report
+        self.details = {"restore": report}  # the result's `restore` (schema_jobs.finish)
 
 
 def _manifest():

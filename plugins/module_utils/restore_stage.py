@@ -89,6 +89,14 @@ class StagedEntry:
         if rows:
             self.report["conflicts"].append({"kind": kind, "rows": rows, "keys": keys or [], **detail})
 
+    def _blocking(self, kind: str, present, condition, constraint: str):
+        """`condition`, after recording as a conflict of `kind` the staged rows (of those `present`) it holds for."""
+        where = pgsql.SQL("{} AND {}").format(present, condition)
+        rows = self._count(pgsql.SQL("SELECT count(*) FROM {} s WHERE {}").format(self.stage, where))
+        keys = self._keys(self.stage, "s", self.keys, where) if rows else []
+        self.conflict(kind, rows, keys, constraint=constraint)
+        return condition
+
     def _stage(self, archive_columns: dict, target_columns: dict, columns: list[str]) -> None:
         """CREATE the staging table: `columns` of the archive, cast to the table's types, valid rows only."""
         exprs, checks = [], []
@@ -156,17 +164,7 @@ class StagedEntry:
                 if fk.ref_oid == self.target_oid and set(fk.ref_columns) <= set(columns)
                 else pgsql.SQL(""),
             )
-            condition = pgsql.SQL("NOT ") + ok
-            rows = self._count(
-                pgsql.SQL("SELECT count(*) FROM {} s WHERE {} AND {}").format(self.stage, present, condition)
-            )
-            keys = (
-                self._keys(self.stage, "s", self.keys, pgsql.SQL("{} AND {}").format(present, condition))
-                if rows
-                else []
-            )
-            self.conflict("missing_reference", rows, keys, constraint=fk.name)
-            blocked.append(condition)
+            blocked.append(self._blocking("missing_reference", present, pgsql.SQL("NOT ") + ok, fk.name))
         for name, unique_columns in unique_indexes(self.cur, self.target_oid):
             if not set(unique_columns) <= set(columns) or (self.values and not set(self.values) & set(unique_columns)):
                 continue
@@ -175,14 +173,5 @@ class StagedEntry:
             condition = pgsql.SQL("EXISTS (SELECT 1 FROM {} t WHERE {} AND NOT ({}))").format(
                 self.target, match("t", "s", unique_columns), match("t", "s", self.keys)
             )
-            rows = self._count(
-                pgsql.SQL("SELECT count(*) FROM {} s WHERE {} AND {}").format(self.stage, present, condition)
-            )
-            keys = (
-                self._keys(self.stage, "s", self.keys, pgsql.SQL("{} AND {}").format(present, condition))
-                if rows
-                else []
-            )
-            self.conflict("duplicate_unique", rows, keys, constraint=name)
-            blocked.append(condition)
+            blocked.append(self._blocking("duplicate_unique", present, condition, name))
         return any_of(blocked)

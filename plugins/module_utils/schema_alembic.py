@@ -34,11 +34,13 @@ try:
     from alembic.script import ScriptDirectory
     from alembic.script.revision import RevisionError
     from alembic.util import CommandError
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
 except ImportError:  # pragma: no cover - the modules report missing_required_lib
-    Config = EnvironmentContext = ScriptDirectory = None
+    Config = EnvironmentContext = ScriptDirectory = event = Engine = None
 
 from ansible.module_utils.pg_session import first_line
-from ansible.module_utils.schema_errors import RefusedError, SchemaError
+from ansible.module_utils.schema_errors import MigrationFailed, RefusedError, SchemaError
 from ansible.module_utils.schema_guard import VersionTable
 
 BASE = "base"
@@ -115,7 +117,7 @@ _SCRIPTS: dict[tuple, tuple] = {}
 _PLANS: dict[tuple, dict] = {}
 
 
-def _project(script_location: str, version_locations=None, config_file: str | None = None) -> tuple:
+def load_project(script_location: str, version_locations=None, config_file: str | None = None) -> tuple:
     """(Config, ScriptDirectory), cached per process (revisions loaded once)."""
     key = (
         os.path.abspath(config_file) if config_file else None,
@@ -147,7 +149,7 @@ def _project(script_location: str, version_locations=None, config_file: str | No
 
 def load_script(script_location: str, version_locations=None, config_file: str | None = None) -> ScriptDirectory:
     """The alembic script directory (cached per process)."""
-    return _project(script_location, version_locations, config_file)[1]
+    return load_project(script_location, version_locations, config_file)[1]
 
 
 def heads(script: ScriptDirectory) -> list[str]:
@@ -287,6 +289,34 @@ def _run_env(cfg: Config, script: ScriptDirectory, **kw):
             return env.get_context()
         except Exception:
             return None
+
+
+class ForeignConnection(MigrationFailed):
+    """env.py opened a connection of its own while a migration ran on the module's connection."""
+
+
+def run_on_connection(project: Config, script: ScriptDirectory, conn, *, fn, destination: str, what: str) -> None:
+    """Run env.py online on the caller's connection, inside the caller's transaction (`fn`: alembic's steps
+    to `destination`): env.py gets the connection in config.attributes, and any connection of its own is
+    refused (ForeignConnection) before its first statement; `what` says which migration ("a downgrade")."""
+    cfg = Config(file_=project.config_file_name, toml_file=project.toml_file_name)
+    for key, value in project.get_section(project.config_ini_section, {}).items():
+        cfg.set_main_option(key, _escape(value))
+    cfg.attributes.update(connection=conn, configure_logger=False)
+    own = conn.engine
+
+    def refuse_foreign(connection, *_args) -> None:
+        if connection.engine is not own:
+            raise ForeignConnection(
+                f"{os.path.join(script.dir, 'env.py')} opened a database connection of its own; {what} runs only "
+                "on the module's connection (config.attributes['connection'], see env_py_fix)"
+            )
+
+    event.listen(Engine, "engine_connect", refuse_foreign)
+    try:
+        _run_env(cfg, script, fn=fn, as_sql=False, destination_rev=destination)
+    finally:
+        event.remove(Engine, "engine_connect", refuse_foreign)
 
 
 def _offline_config(job_cfg: Config, **attributes) -> Config:

@@ -22,14 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC
 
 from ansible.module_utils.alembic_runner import read_revisions
-from ansible.module_utils.pg_session import (
-    APPLICATION_NAME,
-    acquire_advisory_lock,
-    connect,
-    first_line,
-    redact,
-    resolve_dsn,
-)
+from ansible.module_utils.pg_locks import acquire_advisory_lock
+from ansible.module_utils.pg_session import APPLICATION_NAME, connect, first_line, redact, resolve_dsn
 from ansible.module_utils.schema_errors import RefusedError, SchemaError
 from ansible.module_utils.schema_fingerprint import fingerprint_of, schema_objects
 
@@ -95,9 +89,11 @@ def project_heads(params: dict) -> tuple[list[str], object]:
         from ansible.module_utils.efcore import history_heads, read_history_revisions  # noqa: PLC0415
 
         return history_heads(params.get("script")), read_history_revisions
-    from ansible.module_utils.schema_alembic import _project, heads, version_table  # noqa: PLC0415
+    from ansible.module_utils.schema_alembic import heads, load_project, version_table  # noqa: PLC0415
 
-    cfg, script = _project(params.get("script_location"), params.get("version_locations"), params.get("config_file"))
+    cfg, script = load_project(
+        params.get("script_location"), params.get("version_locations"), params.get("config_file")
+    )
     version = version_table(cfg, script)
     return heads(script), lambda cursor: read_revisions(cursor, version)
 

@@ -20,6 +20,7 @@ from ansible.module_utils.alembic_runner import HAS_ALEMBIC, new_run_id, revert_
 from ansible.module_utils.pg_session import DSN_ENV_VAR, HAS_PSYCOPG2
 from ansible.module_utils.runbook_plugin import NO_LOG_VALUES_KEY
 from ansible.module_utils.schema_errors import SchemaError
+from ansible.module_utils.schema_jobs import GUARDED_OPTIONS
 from ansible.module_utils.schema_rollback_points import project_heads, read_state, read_states
 from ansible.module_utils.sql_analysis import HAS_PGLAST
 
@@ -27,26 +28,7 @@ if not (HAS_ALEMBIC and HAS_PSYCOPG2 and HAS_PGLAST):  # the plugin then says wh
     raise ImportError("alembic, SQLAlchemy, psycopg2 or pglast is not installed")
 
 REQUIRES = "alembic, SQLAlchemy, psycopg2 and pglast"
-MIGRATION_JOB_OPTIONS = (
-    "tool",
-    "config_file",
-    "script_location",
-    "version_locations",
-    "script",
-    "revision",
-    "lock_timeout",
-    "lock_attempts",
-    "lock_backoff",
-    "lock_backoff_max",
-    "statement_timeout",
-    "advisory_lock_wait",
-    "archive",
-    "accept_data_statements",
-    "application_name",
-    "connect_timeout",
-    "report_query_text",
-    "require_verified_tls",
-)
+MIGRATION_JOB_OPTIONS = (*GUARDED_OPTIONS, "script", "archive", "accept_data_statements", "report_query_text")
 STATE_JOB_OPTIONS = (
     "tool",
     "record_rollback_point",
@@ -89,7 +71,8 @@ def duplicate_names(databases: list[dict]) -> str | None:
     return None
 
 
-def _single(result: dict, dsn: str | None) -> dict:
+def single_result(result: dict, dsn: str | None) -> dict:
+    """One database's result as the task's (`dsn` kept out of the log)."""
     for key in ("name", "check_mode"):
         result.pop(key, None)
     if dsn:
@@ -97,7 +80,8 @@ def _single(result: dict, dsn: str | None) -> dict:
     return result
 
 
-def _summary(results: list[dict], verb: str, extra: dict) -> dict:
+def databases_result(results: list[dict], verb: str, extra: dict) -> dict:
+    """Many databases' results as the task's, failed naming every database that failed."""
     failed = [r for r in results if r["failed"]]
     summary = {"changed": any(r["changed"] for r in results), "databases": results, **extra}
     if failed:
@@ -124,7 +108,7 @@ def run_schema_migration(params: dict, check_mode: bool = False, diff: bool = Fa
             return {"changed": False, "failed": True, "msg": str(exc)}
         with contextlib.redirect_stdout(io.StringIO()):  # a migration's print() is not our result
             result = revert_database({**base, "dsn": dsn, "expected_sql_sha256": expected})
-        return _single(result, dsn)
+        return single_result(result, dsn)
     problem = duplicate_names(params["databases"])
     if problem:
         return {"changed": False, "failed": True, "msg": problem}
@@ -148,7 +132,7 @@ def run_schema_migration(params: dict, check_mode: bool = False, diff: bool = Fa
         "to_revision": next((r.get("to_revision") for r in results if not r["failed"]), None),
         "accepted_data_statements": sorted(set(base.get("accept_data_statements") or [])),
     }
-    summary = _summary(results, "revert", extra)
+    summary = databases_result(results, "revert", extra)
     if not summary.get("failed"):
         verb = "would be reverted" if check_mode else "reverted"
         summary["msg"] = (
@@ -168,11 +152,11 @@ def run_schema_state(params: dict, check_mode: bool = False, diff: bool = False)
     base.update(check_mode=check_mode, reader=reader)
     if params["databases"] is None:
         dsn = params["dsn"] or os.environ.get(DSN_ENV_VAR)
-        result = _single(read_state({**base, "dsn": dsn}), dsn)
+        result = single_result(read_state({**base, "dsn": dsn}), dsn)
         result["heads"] = script_heads
         return result
     problem = duplicate_names(params["databases"])
     if problem:
         return {"changed": False, "failed": True, "msg": problem}
     results = read_states([{**base, **db} for db in params["databases"]], max(1, params["parallel"]))
-    return _summary(results, "read", {"heads": script_heads})
+    return databases_result(results, "read", {"heads": script_heads})

@@ -9,23 +9,14 @@ from __future__ import annotations
 
 import os
 
-try:
-    from alembic.config import Config
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
-except ImportError:  # pragma: no cover - the module reports missing_required_lib
-    Config = event = Engine = None
-
-from ansible.module_utils.alembic_runner import ForeignConnection
 from ansible.module_utils.schema_alembic import (
     BASE,
     ENV_PY_FIX,
-    _escape,
-    _run_env,
     ancestors,
     env_py_reads_connection,
     heads,
     resolve_target,
+    run_on_connection,
 )
 from ansible.module_utils.schema_errors import RefusedError
 
@@ -75,38 +66,17 @@ def upgrade_steps(script, current: tuple[str, ...], destination: str) -> list[di
     ]
 
 
-def _revision_value(revisions) -> str | None:
-    return ",".join(sorted(revisions)) if revisions else None
-
-
-def _run_upgrade(project, script, conn, destination: str) -> None:
+def run_upgrade(project, script, conn, destination: str) -> None:
     """alembic's `upgrade` on the caller's connection, inside the caller's transaction, the way the revert runs
-    its downgrade (alembic_runner.AlembicTool.run): env.py gets the connection in config.attributes, and any
-    connection of its own is refused before its first statement."""
-    cfg = Config(file_=project.config_file_name, toml_file=project.toml_file_name)
-    for key, value in project.get_section(project.config_ini_section, {}).items():
-        cfg.set_main_option(key, _escape(value))
-    cfg.attributes.update(connection=conn, configure_logger=False)
-    own = conn.engine
-
-    def refuse_foreign(connection, *_args) -> None:
-        if connection.engine is not own:
-            raise ForeignConnection(
-                f"{os.path.join(script.dir, 'env.py')} opened a database connection of its own; the upgrade runs "
-                "only on the module's connection (config.attributes['connection'], see env_py_fix)"
-            )
-
-    event.listen(Engine, "engine_connect", refuse_foreign)
-    try:
-        _run_env(
-            cfg,
-            script,
-            fn=lambda rev, _ctx: script._upgrade_revs(destination, rev),
-            as_sql=False,
-            destination_rev=destination,
-        )
-    finally:
-        event.remove(Engine, "engine_connect", refuse_foreign)
+    its downgrade (schema_alembic.run_on_connection)."""
+    run_on_connection(
+        project,
+        script,
+        conn,
+        fn=lambda rev, _ctx: script._upgrade_revs(destination, rev),
+        destination=destination,
+        what="the upgrade",
+    )
 
 
 def check_env_py(script) -> None:

@@ -33,131 +33,65 @@ Why a plugin of its own (schema_upgrade) and not an `upgrade` mode of schema_mig
 refuses any target above the current revision ("a rollback never upgrades"), and preflight approves
 its plan by the SQL's sha256; one option turning the rollback's module into an upgrader would make
 that refusal a default instead of a property. The deployment also has inputs the rollback must never
-take (accept_conflicts, restore). Both share the guards' code: alembic_runner (script directory,
-targets, revisions, backoff, the watchdog's budget) and pg_session (connections, the advisory lock,
-SET LOCAL timeouts, blocking sessions, redaction).
+take (accept_conflicts, restore). Both share the guards' code: schema_jobs (the session and its
+advisory lock, the attempts with their timeouts, retries, backoff and blocking sessions, the result's
+bookkeeping, many databases), schema_alembic (script directory, targets, revisions) and pg_session
+(connections, redaction).
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
-import time
 
-from ansible.module_utils.pg_session import (
-    QUERY_CANCELED,
-    RETRYABLE_CODES,
-    BlockerWatch,
-    acquire_advisory_lock,
-    describe_sessions,
-    first_line,
-    pgcode_of,
-    redact,
-    resolve_dsn,
-    set_local_timeouts,
-    sqlalchemy_connection,
-)
 from ansible.module_utils.restore_catalog import target_exists
-from ansible.module_utils.restore_manifest import RestoreConflicts, RestoreError, describe_conflicts, read_manifest
+from ansible.module_utils.restore_manifest import RestoreConflicts, describe_conflicts, read_manifest
 from ansible.module_utils.restore_transaction import after_upgrade, applicable, restore_in_transaction, restore_summary
-from ansible.module_utils.schema_alembic import (
-    BASE,
-    _project,
-    ancestors,
-    read_revisions,
-    version_table,
+from ansible.module_utils.schema_alembic import BASE, ancestors, load_project, read_revisions, version_table
+from ansible.module_utils.schema_errors import MigrationFailed, RefusedError, SchemaError
+from ansible.module_utils.schema_jobs import (
+    attempts,
+    failure_cause,
+    finish,
+    guarded_job_defaults,
+    guarded_result,
+    locked_session,
+    revision_value,
+    rolled_back_cursor,
 )
-from ansible.module_utils.schema_errors import LockTimeoutExhausted, MigrationFailed, RefusedError, SchemaError
-from ansible.module_utils.schema_revert import backoff_seconds, validate_job
+from ansible.module_utils.schema_revert import validate_job
 from ansible.module_utils.upgrade_alembic import (
-    _revision_value,
-    _run_upgrade,
     check_env_py,
     check_upgrade,
     resolve_targets,
+    run_upgrade,
     upgrade_steps,
 )
 
 
 def upgrade_job_defaults() -> dict:
-    """Every key of an upgrade job, with its default (times in seconds)."""
+    """Every key of an upgrade job, with its default (times in seconds): schema_jobs.guarded_job_defaults()
+    and these."""
     return {
-        "name": None,
-        "dsn": None,
+        **guarded_job_defaults(),
         "tool": "alembic",  # only alembic: an EF Core up script commits per migration (see _upgrade)
-        "config_file": None,  # an alembic.ini or pyproject.toml ([tool.alembic]); else script_location
-        "script_location": "migrations",
-        "version_locations": None,
         "revision": "heads",
-        "check_mode": False,
         "restore": True,
         "accept_conflicts": [],
         "restored_by": None,
-        "run_id": None,
-        "lock_timeout": 2.0,
-        "lock_attempts": 5,
-        "lock_backoff": 0.5,
-        "lock_backoff_max": 5.0,
-        "statement_timeout": 60.0,
-        "advisory_lock_wait": 30.0,
-        "application_name": "emergency-rollback",
-        "connect_timeout": 10,
-        "require_verified_tls": False,  # a production-like environment: sslmode=verify-full or refuse
-        "database_timeout": None,
     }
-
-
-# -- revisions -----------------------------------------------------------------------------------
-
-
-# -- the restore's part ----------------------------------------------------------------------------
 
 
 # -- one database ----------------------------------------------------------------------------------
 def upgrade_database(job: dict) -> dict:
     """Plan or apply the upgrade and restore of one database. Never raises: failures are in `failed`/`msg`."""
-    started = time.monotonic()
-    result = {
-        "name": job.get("name"),
-        "changed": False,
-        "failed": False,
-        "msg": "",
-        "check_mode": bool(job.get("check_mode")),
-        "from_revision": None,
-        "to_revision": None,
-        "steps": [],
-        "attempts": 0,
-        "attempt_log": [],
-        "lock_wait_seconds": 0.0,
-        "advisory_lock_wait_seconds": 0.0,
-        "duration_seconds": 0.0,
-        "run_id": job.get("run_id"),
-        "blocking_sessions": [],
-        "restore": None,
-    }
-    dsn = job.get("dsn")
-    try:
-        dsn = resolve_dsn(dsn)
+    result = guarded_result(job, restore=None)
+
+    def change(dsn: str) -> None:
         full = {**upgrade_job_defaults(), **{k: v for k, v in job.items() if v is not None}, "dsn": dsn}
         _upgrade({**upgrade_job_defaults(), **validate_job(full)}, result)
-    except RestoreConflicts as exc:
-        result.update(failed=True, msg=redact(str(exc), dsn), restore=exc.report)
-    except SchemaError as exc:
-        result.update(failed=True, msg=redact(str(exc), dsn))
-        if isinstance(exc, LockTimeoutExhausted):
-            result["blocking_sessions"] = exc.blocking_sessions
-    except Exception as exc:  # an unexpected error still becomes one clean, redacted sentence
-        result.update(
-            failed=True,
-            msg=redact(f"Cannot upgrade the schema: unexpected {type(exc).__name__}: {first_line(exc)}", dsn),
-        )
-    if result["failed"]:
-        result["changed"] = False
-    result["msg"] = result["msg"] or _summary(result)
-    result["duration_seconds"] = round(time.monotonic() - started, 3)
-    result["lock_wait_seconds"] = round(result["lock_wait_seconds"], 3)
-    result["advisory_lock_wait_seconds"] = round(result["advisory_lock_wait_seconds"], 3)
-    return result
+
+    return finish(job, result, change, "upgrade", _summary)
 
 
 def _summary(result: dict) -> str:
@@ -194,27 +128,16 @@ def _upgrade(job: dict, result: dict) -> None:
             "(deploy.yml with rollback_schema_tool efcore), which commits each migration itself, so the archive "
             "cannot be restored in its transaction; status.yml lists the archives."
         )
-    project, script = _project(job["script_location"], job["version_locations"], job["config_file"])
+    project, script = load_project(job["script_location"], job["version_locations"], job["config_file"])
     version = version_table(project, script)
     destination, targets = resolve_targets(script, job["revision"])
-    result["to_revision"] = _revision_value(targets)
-    engine, conn = sqlalchemy_connection(
-        job["dsn"], job["application_name"], int(job["connect_timeout"]), bool(job["require_verified_tls"])
-    )
-    raw = conn.connection.driver_connection
-    try:
-        with raw.cursor() as cur:
-            current = read_revisions(cur, version) or ()
-            cur.execute("SELECT pg_backend_pid()")
-            pid = cur.fetchone()[0]
-        raw.rollback()
-        if not job["check_mode"]:
-            waited = acquire_advisory_lock(raw, float(job["advisory_lock_wait"]))
-            result["advisory_lock_wait_seconds"] = result["lock_wait_seconds"] = waited
-            with raw.cursor() as cur:
-                current = read_revisions(cur, version) or ()  # again, under the lock
-            raw.rollback()
-        result["from_revision"] = _revision_value(current)
+    result["to_revision"] = revision_value(targets)
+
+    def read_current(cur) -> tuple[str, ...]:
+        return read_revisions(cur, version) or ()
+
+    with locked_session(job, result, read_current) as (conn, pid, current):
+        result["from_revision"] = revision_value(current)
         check_upgrade(script, current, targets)
         steps = [] if set(current) == set(targets) else upgrade_steps(script, current, destination)
         result["steps"] = steps
@@ -222,17 +145,13 @@ def _upgrade(job: dict, result: dict) -> None:
         for target in targets:
             reached |= ancestors(script, target)
         # What is pending, and (check mode) what would be restored: one transaction, rolled back.
-        try:
-            with raw.cursor() as cur:
-                set_local_timeouts(cur, float(job["lock_timeout"]), float(job["statement_timeout"]))
-                pending = read_manifest(cur, pending_only=True) if job["restore"] else []
-                ready, waiting = applicable(pending, reached)
-                if job["check_mode"]:
-                    summary = restore_in_transaction(cur, ready, fresh=set(), job=job, apply=False)
-                    summary["waiting"] = restore_summary([], waiting, set())["waiting"]
-                    result["restore"] = summary
-        finally:
-            raw.rollback()
+        with rolled_back_cursor(conn, job) as cur:
+            pending = read_manifest(cur, pending_only=True) if job["restore"] else []
+            ready, waiting = applicable(pending, reached)
+            if job["check_mode"]:
+                summary = restore_in_transaction(cur, ready, fresh=set(), job=job, apply=False)
+                summary["waiting"] = restore_summary([], waiting, set())["waiting"]
+                result["restore"] = summary
         if result["restore"] is None:
             result["restore"] = restore_summary([], waiting, set())
         if job["check_mode"] or (not steps and not ready):
@@ -250,116 +169,41 @@ def _upgrade(job: dict, result: dict) -> None:
             targets=targets,
             result=result,
         )
-    finally:
-        conn.close()  # also releases the session advisory lock
-        engine.dispose()
-
-
-def _attempt(job: dict, alembic, conn, *, destination: str, targets: tuple[str, ...], steps: bool) -> dict:
-    """One attempt: BEGIN, timeouts, upgrade, restore, COMMIT; the restore's summary. Raises on failure."""
-    project, script, version = alembic
-    raw = conn.connection.driver_connection
-    trans = conn.begin()
-    try:
-        with raw.cursor() as cur:
-            set_local_timeouts(cur, float(job["lock_timeout"]), float(job["statement_timeout"]))
-            pending = read_manifest(cur, pending_only=True, for_update=True) if job["restore"] else []
-            before = {e["id"]: target_exists(cur, e) for e in pending}
-        if steps:
-            _run_upgrade(project, script, conn, destination)
-        with raw.cursor() as cur:
-            reached_now = read_revisions(cur, version) or ()
-            if set(reached_now) != set(targets):
-                raise MigrationFailed(
-                    f"the upgrade ended at {_revision_value(reached_now) or BASE}, not {_revision_value(targets)}"
-                )
-            ready, waiting, fresh = after_upgrade(cur, script, pending, before, targets)
-            summary = restore_in_transaction(cur, ready, fresh=fresh, job=job, apply=True)
-            summary["waiting"] = restore_summary([], waiting, set())["waiting"]
-        trans.commit()
-        return summary
-    except BaseException:
-        with contextlib.suppress(Exception):
-            trans.rollback()
-        raise
 
 
 def _apply(job, alembic, conn, *, pid, current, destination, targets, result) -> None:
-    lock_timeout, attempts = float(job["lock_timeout"]), int(job["lock_attempts"])
-    for attempt in range(1, attempts + 1):
-        attempt_started = time.monotonic()
-        result["attempts"] = attempt
-        watch = BlockerWatch(
-            job["dsn"],
-            pid,
-            delay=lock_timeout * 0.5,
-            application_name=job["application_name"],
-            require_verified_tls=bool(job["require_verified_tls"]),
-        )
-        try:
-            with watch, contextlib.redirect_stdout(io.StringIO()):
-                summary = _attempt(
-                    job, alembic, conn, destination=destination, targets=targets, steps=bool(result["steps"])
-                )
-        except Exception as exc:
-            seconds = time.monotonic() - attempt_started
-            code = pgcode_of(exc)
-            if code not in RETRYABLE_CODES:
-                result["attempt_log"].append({"attempt": attempt, "outcome": "failed", "seconds": round(seconds, 3)})
-                if isinstance(exc, RestoreConflicts):
-                    raise
-                raise _failure(exc, code, current, targets, job) from None
-            result["attempt_log"].append(
-                {
-                    "attempt": attempt,
-                    "outcome": "deadlock" if code == "40P01" else "lock_timeout",
-                    "seconds": round(seconds, 3),
-                    "statement": first_line(exc)[:200],
-                    "blocking_sessions": watch.sessions,
-                }
-            )
-            result["lock_wait_seconds"] += seconds
-            if attempt == attempts:
-                raise LockTimeoutExhausted(
-                    f"Cannot upgrade {_revision_value(current) or BASE} -> {_revision_value(targets)}: every one of "
-                    f"{attempts} attempt(s) timed out after lock_timeout {lock_timeout:g} s waiting for a table lock, "
-                    f"and each was rolled back (the database is unchanged, nothing restored). Blocking: "
-                    f"{describe_sessions(watch.sessions)}. End or wait for those sessions, then run again.",
-                    blocking_sessions=watch.sessions,
-                    attempts=attempt,
-                ) from None
-            pause = backoff_seconds(attempt, float(job["lock_backoff"]), float(job["lock_backoff_max"]))
-            time.sleep(pause)
-            result["lock_wait_seconds"] += pause
-            continue
-        result["attempt_log"].append(
-            {"attempt": attempt, "outcome": "committed", "seconds": round(time.monotonic() - attempt_started, 3)}
-        )
-        result["changed"] = True
-        result["restore"] = summary
-        return
+    """The attempts (schema_jobs.attempts) of: the pending archives (FOR UPDATE), the upgrade, the
+    revision reached, the restore."""
+    project, script, version = alembic
+    raw = conn.connection.driver_connection
+    start, end = revision_value(current) or BASE, revision_value(targets)
 
+    def attempt() -> dict:
+        with contextlib.redirect_stdout(io.StringIO()):  # a migration's print() is not our result
+            with raw.cursor() as cur:
+                pending = read_manifest(cur, pending_only=True, for_update=True) if job["restore"] else []
+                before = {e["id"]: target_exists(cur, e) for e in pending}
+            if result["steps"]:
+                run_upgrade(project, script, conn, destination)
+            with raw.cursor() as cur:
+                reached_now = read_revisions(cur, version) or ()
+                if set(reached_now) != set(targets):
+                    raise MigrationFailed(f"the upgrade ended at {revision_value(reached_now) or BASE}, not {end}")
+                ready, waiting, fresh = after_upgrade(cur, script, pending, before, targets)
+                summary = restore_in_transaction(cur, ready, fresh=fresh, job=job, apply=True)
+                summary["waiting"] = restore_summary([], waiting, set())["waiting"]
+            return summary
 
-def _failure(exc: BaseException, code: str | None, current, targets, job: dict) -> SchemaError:
-    if isinstance(exc, RestoreError):
-        cause = str(exc)
-    elif isinstance(exc, SchemaError):
-        cause = str(exc)
-    elif code == QUERY_CANCELED:
-        cause = (
-            f"a statement ran longer than statement_timeout ({float(job['statement_timeout']):g} s); raise it for "
-            "a large upgrade or restore"
-        )
-    else:
-        cause = first_line(exc)
-    start = _revision_value(current) or BASE
-    return MigrationFailed(
-        f"Cannot upgrade {start} -> {_revision_value(targets)}: {cause}; the transaction was rolled back, the "
-        f"database is still at {start}, no archived row restored. Fix the cause and run again."
+    failure = lambda exc, code: _failure(exc, code, start, end, job)  # noqa: E731
+    change, unchanged = f"upgrade {start} -> {end}", "the database is unchanged, nothing restored"
+    result["restore"] = attempts(
+        job, (conn, pid), result, attempt, change=change, unchanged=unchanged, failure=failure, keep=(RestoreConflicts,)
     )
 
 
-# -- many databases --------------------------------------------------------------------------------
-
-
-# -- the plugin ------------------------------------------------------------------------------------
+def _failure(exc: BaseException, code: str | None, start: str, end: str, job: dict) -> SchemaError:
+    cause = failure_cause(exc, code, job, "raise it for a large upgrade or restore")
+    return MigrationFailed(
+        f"Cannot upgrade {start} -> {end}: {cause}; the transaction was rolled back, the "
+        f"database is still at {start}, no archived row restored. Fix the cause and run again."
+    )

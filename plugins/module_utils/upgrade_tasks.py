@@ -9,68 +9,31 @@ from __future__ import annotations
 
 import os
 
-from ansible.module_utils.alembic_runner import database_budget
-from ansible.module_utils.pg_session import DSN_ENV_VAR, redact
-from ansible.module_utils.runbook_plugin import NO_LOG_VALUES_KEY
+from ansible.module_utils.pg_session import DSN_ENV_VAR
+from ansible.module_utils.schema_jobs import GUARDED_OPTIONS, lost_result, run_databases
 from ansible.module_utils.schema_revert import new_run_id
-from ansible.module_utils.schema_tasks import duplicate_names
+from ansible.module_utils.schema_tasks import databases_result, duplicate_names, single_result
 from ansible.module_utils.upgrade_runner import upgrade_database
-from ansible.module_utils.worker_pool import run_jobs
 
 
 def _lost_database(job: dict, reason: str) -> dict:
-    return {
-        "name": job.get("name"),
-        "changed": False,
-        "failed": True,
-        "check_mode": bool(job.get("check_mode")),
-        "run_id": job.get("run_id"),
-        "from_revision": None,
-        "to_revision": None,
-        "steps": [],
-        "attempts": 0,
-        "attempt_log": [],
-        "lock_wait_seconds": 0.0,
-        "restore": None,
-        "msg": redact(
-            f"Cannot tell whether the upgrade finished: {reason}. Its transaction was not committed by this run "
-            "unless the database now reports the target revision: read its state (status.yml) before running again.",
-            job.get("dsn"),
-        ),
-    }
+    return lost_result(job, reason, "upgrade", from_revision=None, steps=[], restore=None)
 
 
 def upgrade_databases(jobs: list[dict], parallel: int = 2, database_timeout: float | None = None) -> list[dict]:
-    """upgrade_database() for every job, at most `parallel` at a time (new interpreters), results in job order."""
-    if database_timeout:
-        jobs = [{**job, "database_timeout": database_timeout} for job in jobs]
-    workers = max(1, min(int(parallel), len(jobs)))
-    if workers == 1:
-        return [upgrade_database(job) for job in jobs]
-    return run_jobs(
-        "ansible.module_utils.upgrade_runner:upgrade_database", jobs, workers, database_budget, _lost_database
+    """upgrade_database() for every job, at most `parallel` at a time (new interpreters, schema_jobs.run_databases),
+    results in job order."""
+    return run_databases(
+        "ansible.module_utils.upgrade_runner:upgrade_database",
+        upgrade_database,
+        jobs,
+        parallel=parallel,
+        database_timeout=database_timeout,
+        lost=_lost_database,
     )
 
 
-JOB_OPTIONS = (
-    "tool",
-    "config_file",
-    "script_location",
-    "version_locations",
-    "revision",
-    "restore",
-    "accept_conflicts",
-    "restored_by",
-    "lock_timeout",
-    "lock_attempts",
-    "lock_backoff",
-    "lock_backoff_max",
-    "statement_timeout",
-    "advisory_lock_wait",
-    "application_name",
-    "connect_timeout",
-    "require_verified_tls",
-)
+JOB_OPTIONS = (*GUARDED_OPTIONS, "restore", "accept_conflicts", "restored_by")
 
 
 def run_schema_upgrade(params: dict, check_mode: bool = False, diff: bool = False) -> dict:
@@ -82,32 +45,16 @@ def run_schema_upgrade(params: dict, check_mode: bool = False, diff: bool = Fals
     base["accept_conflicts"] = [str(r).strip() for r in base["accept_conflicts"] or [] if str(r).strip()]
     if params["databases"] is None:
         dsn = params["dsn"] or os.environ.get(DSN_ENV_VAR)
-        result = upgrade_database({**base, "dsn": dsn})
-        for key in ("name", "check_mode"):
-            result.pop(key, None)
-        if dsn:
-            result[NO_LOG_VALUES_KEY] = [dsn]
-        return result
+        return single_result(upgrade_database({**base, "dsn": dsn}), dsn)
     problem = duplicate_names(params["databases"])
     if problem:
         return {"changed": False, "failed": True, "msg": problem}
     jobs = [{**base, "name": db["name"], "dsn": db["dsn"]} for db in params["databases"]]
     results = upgrade_databases(jobs, params["parallel"], params["database_timeout"])
-    failed = [r for r in results if r["failed"]]
     restored = sum((r.get("restore") or {}).get("rows_restored", 0) for r in results if not r["failed"])
-    summary = {
-        "changed": any(r["changed"] for r in results),
-        "databases": results,
-        "run_id": base["run_id"],
-        "rows_restored": restored,
-    }
-    if failed:
-        return {
-            **summary,
-            "failed": True,
-            "msg": f"Cannot upgrade {len(failed)} of {len(results)} database(s): "
-            + "; ".join(f"{r['name']}: {r['msg']}" for r in failed),
-        }
+    summary = databases_result(results, "upgrade", {"run_id": base["run_id"], "rows_restored": restored})
+    if summary.get("failed"):
+        return summary
     verb = ("would be upgraded", "would be restored") if check_mode else ("upgraded", "restored")
     summary["msg"] = (
         f"{sum(bool(r['steps']) for r in results)} of {len(results)} database(s) {verb[0]}; "

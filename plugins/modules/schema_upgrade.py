@@ -213,6 +213,15 @@ blocking_sessions:
   returned: on failure after lock timeouts
   type: list
   elements: dict
+env_py:
+  description: The alembic C(env.py) that ignores the plugin's connection.
+  returned: when the upgrade is refused for that reason
+  type: str
+env_py_fix:
+  description: The lines to add at the top of C(run_migrations_online()) in RV(env_py).
+  returned: when the upgrade is refused for that reason
+  type: list
+  elements: str
 run_id:
   description: The deployment run's id, as recorded in the manifest.
   returned: always

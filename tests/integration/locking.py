@@ -3,45 +3,28 @@
 Live traffic must never wait behind the revert's lock request for longer than lock_timeout. The wait
 is measured by PostgreSQL, not by the test's clock: with `log_lock_waits` on, a backend that waited
 longer than `deadlock_timeout` logs, when it finally gets the lock, "process <pid> acquired <mode> on
-<object> after <ms> ms", the time from the start of its wait (proc.c, ProcSleep). That duration does
-not include the test process's scheduling, so the margin only covers PostgreSQL cancelling the
-timed-out request and waking the next waiter.
+<object> after <ms> ms", the time from the start of its wait (rehearsal.lockwaits reads it, for the
+drills too). That duration does not include the test process's scheduling, so the margin only covers
+PostgreSQL cancelling the timed-out request and waking the next waiter.
 """
 
 from __future__ import annotations
 
-import re
 import secrets
 import threading
 import time
 
 import psycopg2
 
-# PostgreSQL cancels the timed-out lock request (its own timer) and wakes the queued reader: the
-# reader's wait, measured by PostgreSQL, ends at most this long after lock_timeout.
-LOCK_WAIT_MARGIN = 0.25
-_ACQUIRED = re.compile(r"process (\d+) acquired (\w+) on (.+?) after (\d+\.\d+) ms")
+from rehearsal.lockwaits import LOCK_WAIT_MARGIN, SETTINGS, LockWaitLog
+
+__all__ = ["LOCK_WAIT_MARGIN", "Blocker", "LockWaitLog", "Reader", "log_lock_waits", "module_sessions", "wait_for"]
 
 
 def log_lock_waits(cluster, dbname: str) -> None:
-    """Every session of `dbname` logs its long lock waits (deadlock_timeout 20 ms)."""
-    for setting in ("log_lock_waits = on", "deadlock_timeout = '20ms'"):
-        cluster.execute(f'ALTER DATABASE "{dbname}" SET {setting}')
-
-
-class LockWaitLog:
-    """The 'acquired ... after N ms' lines PostgreSQL logs from now on, for some backends."""
-
-    def __init__(self, cluster):
-        self.cluster = cluster
-        self.offset = cluster.logfile.stat().st_size if cluster.logfile.exists() else 0
-
-    def waits(self, pid: int) -> list[float]:
-        """Seconds each lock wait of backend `pid` lasted, as PostgreSQL measured it."""
-        with open(self.cluster.logfile, errors="replace") as log:
-            log.seek(self.offset)
-            text = log.read()
-        return [float(m.group(4)) / 1000 for m in _ACQUIRED.finditer(text) if int(m.group(1)) == pid]
+    """Every session of `dbname` logs its long lock waits (rehearsal.lockwaits: deadlock_timeout 20 ms)."""
+    for name in ("log_lock_waits", "deadlock_timeout"):
+        cluster.execute(f"ALTER DATABASE \"{dbname}\" SET {name} = '{SETTINGS[name]}'")
 
 
 class Blocker:

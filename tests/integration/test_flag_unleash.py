@@ -63,7 +63,7 @@ def test_disable_an_enabled_flag_and_return_its_event_id(enabled_flag, record_pr
     assert (event["environment"], event["project"], event["featureName"]) == ("production", "default", FLAG)
     # Only production was touched.
     assert enabled_flag.flag_enabled(environment="development") is False
-    assert latency < 30  # generous: the module's own max_wait would have failed it long before
+    # The latency is recorded, not bounded: timing belongs in bench/ (P3, time to legacy).
 
 
 def test_enable_again(unleash_server):

@@ -60,6 +60,11 @@ def test_a_blocked_downgrade_gives_up_naming_the_blocker_and_never_queues_traffi
     # The message names the blocking session: pid, state and age, role, application; never its query.
     message = result["msg"]
     assert "\n" not in message
+    assert message.startswith(
+        f"Cannot revert {HEAD} -> {LEGACY}: every one of {ATTEMPTS} attempt(s) timed out after lock_timeout "
+        f"{LOCK_TIMEOUT:g} s waiting for a table lock, and each was rolled back (the database is unchanged). Blocking: "
+    )
+    assert message.endswith(". End or wait for those sessions, then run again.")
     assert f"pid {blocker.pid} (idle in transaction for " in message
     assert "application_name 'nightly-report'" in message
     assert f"role {blocker.role}, " in message

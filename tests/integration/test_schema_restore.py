@@ -421,6 +421,11 @@ def test_a_blocked_upgrade_retries_then_fails_naming_the_blocker_and_changes_not
     assert result["failed"] is True and result["attempts"] == 2
     assert [a["outcome"] for a in result["attempt_log"]] == ["lock_timeout", "lock_timeout"]
     assert "long-report" in result["msg"] and "nothing restored" in result["msg"]
+    assert result["msg"].startswith(
+        f"Cannot upgrade {LEGACY} -> {HEAD}: every one of 2 attempt(s) timed out after lock_timeout 0.2 s waiting "
+        "for a table lock, and each was rolled back (the database is unchanged, nothing restored). Blocking: "
+    )
+    assert result["msg"].endswith(". End or wait for those sessions, then run again.")
     one_sentence(result["msg"])
     assert app_db.revision() == LEGACY and app_db.fingerprint() == fingerprint
     assert restored_entries(app_db) == 0
@@ -525,6 +530,8 @@ def test_a_materialized_view_is_computed_again_not_restored(app_db):
 def test_an_env_py_that_ignores_the_connection_is_refused_before_any_ddl(app_db, tmp_path):
     import shutil  # noqa: PLC0415
 
+    from ansible.module_utils.schema_alembic import ENV_PY_FIX  # noqa: PLC0415
+
     project = tmp_path / "migrations"
     shutil.copytree(MIGRATIONS, project)
     env_py = project / "env.py"
@@ -535,6 +542,8 @@ def test_an_env_py_that_ignores_the_connection_is_refused_before_any_ddl(app_db,
     refused = upgrade(app_db, script_location=str(project))
 
     assert refused["failed"] is True and "ignores the connection" in refused["msg"] and str(env_py) in refused["msg"]
+    # The message names env_py_fix: the result carries it (schema_jobs.finish reports an error's details).
+    assert refused["env_py"] == str(env_py) and refused["env_py_fix"] == ENV_PY_FIX
     assert app_db.revision() == LEGACY and app_db.fingerprint() == fingerprint and restored_entries(app_db) == 0
 
 

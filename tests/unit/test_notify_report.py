@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from ansible.module_utils.notify_report import RUNBOOK_ANCHORS, STEPS, SUMMARY_MAX, compose, dedup_key, failed_step_of
+from ansible.module_utils.notify_facts import STEPS, failed_step_of
+from ansible.module_utils.notify_report import RUNBOOK_ANCHORS, SUMMARY_MAX, compose, dedup_key
 
 FEATURE = "DataTransformationFeature"
 NOW = 2000.0

@@ -3,7 +3,11 @@
 Run `blocked`: the blocker never lets go; lock_timeout 1 s, 3 attempts: the rollback fails naming
 it, and leaves the database exactly as it was. Run `released`: the blocker ends 1.5 s after the
 rollback first waits for it; 5 attempts: the rollback retries and succeeds. In both, live traffic
-queued behind the revert's lock request for at most about lock_timeout, and no request failed.
+queued behind the revert's lock request for at most lock_timeout, and no request failed.
+
+How long the app's queries waited is PostgreSQL's own measure (log_lock_waits: "process N acquired
+... after X ms", rehearsal.lockwaits), not the load generator's HTTP latency: that one includes the
+app, the client and the machine's load, and stays in the results file as a figure only.
 """
 
 from __future__ import annotations
@@ -24,27 +28,57 @@ from drills.checks import (
     step,
 )
 
-LOCK_TIMEOUT_MS = 1000
-# Without lock_timeout a queued request would wait as long as the blocker holds (here: for good, then
-# the app's 10 s statement_timeout would fail it); 3 s over lock_timeout is room for a noisy machine.
-QUEUE_BOUND_MS = LOCK_TIMEOUT_MS + 3000
+from rehearsal.appdb import APP_APPLICATION_NAME
+from rehearsal.lockwaits import LOCK_WAIT_MARGIN
+
+LOCK_TIMEOUT = 1.0  # seconds: converge.yml's rollback_schema_lock_timeout
+REVERT_APPLICATION_NAME = "emergency-rollback"  # pg_session.APPLICATION_NAME: the revert's session
+
+
+def app_waits(run: dict) -> list[dict]:
+    """The lock waits of the app's sessions while the run went on (longer than deadlock_timeout)."""
+    return [wait for wait in run["lock_waits"] if wait["application_name"] == APP_APPLICATION_NAME]
 
 
 @pytest.mark.parametrize("label", ["blocked", "released"])
-def test_live_traffic_never_waited_much_longer_than_lock_timeout(runs, label):
+def test_live_traffic_never_waited_longer_than_lock_timeout(runs, label):
     run = runs[label]
     check_no_failed_request(run)
     during_schema = run["load"]["during_schema_step"]
     assert during_schema["requests"] > 0 and during_schema["failed"] == 0, during_schema
-    assert run["load"]["slowest_during_schema_step"]["latency_ms"] <= QUEUE_BOUND_MS, run["load"]
-    assert run["load"]["during_rollback"]["max_ms"] <= QUEUE_BOUND_MS
+    waits = app_waits(run)
+    # A wait that never ended with the lock was cancelled (the app's statement_timeout): unbounded.
+    assert all(wait["acquired_ms"] is not None for wait in waits), waits
+    too_long = [wait for wait in waits if wait["acquired_ms"] > (LOCK_TIMEOUT + LOCK_WAIT_MARGIN) * 1000]
+    longest = sorted(too_long, key=lambda wait: wait["acquired_ms"])[-3:]
+    assert not too_long, (
+        f"{len(too_long)} app lock waits longer than lock_timeout {LOCK_TIMEOUT:g} s; longest: {longest}"
+    )
 
 
 def test_the_lock_queue_really_formed(runs):
-    # Requests did queue behind the revert's lock request while it waited (the drill is not vacuous).
-    slowest = runs["blocked"]["load"]["slowest_during_schema_step"]
-    assert slowest["latency_ms"] >= 0.3 * LOCK_TIMEOUT_MS, slowest
-    assert runs["blocked"]["fault"]["blocker"]["first_waiters"][0]["application_name"].startswith("emergency-rollback")
+    """The app's writes (ROW EXCLUSIVE on documents) do not conflict with the blocker's ACCESS SHARE: they
+    queued behind the revert's ACCESS EXCLUSIVE request, as PostgreSQL logged it (the drill is not vacuous)."""
+    run = runs["blocked"]
+    assert run["fault"]["blocker"]["first_waiters"][0]["application_name"].startswith(REVERT_APPLICATION_NAME)
+    revert_waits = [
+        wait
+        for wait in run["lock_waits"]
+        if (wait["application_name"] or "").startswith(REVERT_APPLICATION_NAME)
+        and wait["mode"] == "AccessExclusiveLock"
+    ]
+    # Each of the 3 attempts waited until lock_timeout cancelled it: PostgreSQL never logged it acquired.
+    assert len(revert_waits) == 3 and all(wait["acquired_ms"] is None for wait in revert_waits), revert_waits
+    blocker = run["fault"]["blocker"]["pid"]
+    assert all(wait["holders"] == [blocker] for wait in revert_waits), revert_waits
+    revert_pids = {wait["pid"] for wait in revert_waits}
+    waits = app_waits(run)
+    assert waits, f"no app session waited for a lock during the blocked run: {run['lock_waits']}"
+    for wait in waits:  # in PostgreSQL's wait queue, the revert's request came before the app's
+        queue = wait["wait_queue"]
+        assert wait["pid"] in queue and revert_pids & set(queue[: queue.index(wait["pid"])]), wait
+    # At 30 requests a second, the first write after each request queued waited most of lock_timeout.
+    assert max(wait["acquired_ms"] for wait in waits) >= 0.5 * LOCK_TIMEOUT * 1000, waits
 
 
 def test_the_blocked_rollback_failed_naming_the_blocker(runs):

@@ -23,6 +23,7 @@ from drills.runner import (
     step_window,
     window_summary,
 )
+from rehearsal import lockwaits
 
 OPERATOR = "drill-operator"
 LOAD_LEAD_IN = 1.0  # seconds of load before and after a rollback, so the window is fully covered
@@ -250,7 +251,9 @@ def observe(the_stack) -> dict:
     }
 
 
-def _record(run: PlaybookRun, *, scenario: Scenario, request: Request, load: _Load, sinks: dict, fault: dict) -> dict:
+def _record(
+    run: PlaybookRun, *, scenario: Scenario, request: Request, load: _Load, sinks: dict, fault: dict, lock_waits: list
+) -> dict:
     audit = audit_of(scenario.audit_file, run.pid)
     samples, rate = load.samples, request.load_rate
     end = audit["end"]
@@ -268,6 +271,8 @@ def _record(run: PlaybookRun, *, scenario: Scenario, request: Request, load: _Lo
         "audit": audit,
         "sinks": sinks,
         "fault": fault,
+        # Every lock wait longer than deadlock_timeout while the run(s) ran, as PostgreSQL measured it.
+        "lock_waits": lock_waits,
     }
     if samples is not None:
         record["load"] = {
@@ -379,6 +384,8 @@ def rollback(name: str, label: str, request: Request) -> list[dict]:
     fault: dict = {}
     overrides: dict[str, str] = {}
     labels = [label] if request.parallel == 1 else [f"{label}-{chr(65 + n)}" for n in range(request.parallel)]
+    lockwaits.enable(the_stack.cluster)
+    waits = lockwaits.LockWaitLog(the_stack.cluster)
     with contextlib.ExitStack() as scope:
         load = scope.enter_context(_Load(the_stack, request.load_rate, scenario.dir / f"load-{_slug(label)}.jsonl"))
         proxy = None
@@ -410,7 +417,11 @@ def rollback(name: str, label: str, request: Request) -> list[dict]:
         }
 
     sinks = sink_messages(the_stack, since)
-    records = [_record(run, scenario=scenario, request=request, load=load, sinks=sinks, fault=fault) for run in runs]
+    lock_waits = [wait.as_dict() for wait in waits.read()]
+    records = [
+        _record(run, scenario=scenario, request=request, load=load, sinks=sinks, fault=fault, lock_waits=lock_waits)
+        for run in runs
+    ]
     for record in records:
         record["after"] = after
     scenario.add_runs(records)

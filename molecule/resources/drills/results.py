@@ -9,7 +9,8 @@
                                       "archived_rows": 62, "revision_before": "...", "revision_after": "..."}},
            "load": {"requests": 1400, "failed": 0, "p50_ms": 9.1, "p99_ms": 120.4, "max_ms": 900.0,
                     "achieved_rate": 30.0, "by_path": {...}, "by_status": {...}},
-           "load_schema_step": {...}, "notifications": {...}}],
+           "load_schema_step": {...}, "notifications": {...},
+           "lock_waits": {"transformation-engine": {"waits": 12, "longest_ms": 1003.2, "unfinished": 0}}}],
  "verify": {"passed": true, "tests": 12, "failed": 0, "seconds": 4.2, "finished_at": ...}}
 """
 
@@ -60,6 +61,20 @@ def pagerduty_figures(run: dict) -> dict:
     return figures
 
 
+def lock_wait_figures(run: dict) -> dict:
+    """Per application_name: its lock waits longer than deadlock_timeout while the run went on, the longest
+    that ended with the lock and how many never did (cancelled), as PostgreSQL measured them."""
+    figures: dict[str, dict] = {}
+    for wait in run.get("lock_waits") or []:
+        entry = figures.setdefault(wait["application_name"] or "?", {"waits": 0, "longest_ms": None, "unfinished": 0})
+        entry["waits"] += 1
+        if wait["acquired_ms"] is None:
+            entry["unfinished"] += 1
+        else:
+            entry["longest_ms"] = max(entry["longest_ms"] or 0.0, wait["acquired_ms"])
+    return figures
+
+
 def run_figures(run: dict) -> dict:
     end = run["audit"]["end"] or {}
     databases = {}
@@ -95,6 +110,7 @@ def run_figures(run: dict) -> dict:
         "pagerduty": pagerduty_figures(run),
         "load": _load(load.get("during_rollback")),
         "load_schema_step": _load(load.get("during_schema_step")),
+        "lock_waits": lock_wait_figures(run),
         "flag_api_writes_answered": len(fault["flag_api"]["writes_answered"]) if "flag_api" in fault else None,
         "blocker": fault.get("blocker"),
         "kill": {k: v for k, v in fault["kill"].items() if k != "after"} if "kill" in fault else None,

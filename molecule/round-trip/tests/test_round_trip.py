@@ -113,7 +113,13 @@ def test_status_shows_the_archive_restored(stack, scenario, runs):
 
 def test_the_audit_chain_is_intact(audit_verify, audit):
     assert [r["playbook"] for r in audit if r["kind"] == "end"] == ["rollback.yml", "deploy.yml", "deploy.yml"]
-    assert audit_verify() == "ok: 6 records, 3 runs, 0 aborted"
+    # Each run: start, the guard's request, (the rollback's) plan, end.
+    kinds = {}
+    for record in audit:
+        kinds.setdefault(record["run_id"], []).append(record["kind"])
+    rollback, deploy = ["start", "request", "plan", "end"], ["start", "request", "end"]
+    assert list(kinds.values()) == [rollback, deploy, deploy]
+    assert audit_verify() == "ok: 10 records, 3 runs, 0 aborted"
 
 
 def test_no_secret_reached_the_audit_the_output_or_the_notifications(stack, scenario, runs):
