@@ -46,6 +46,7 @@ from bench.scenarios import (
 )
 from rehearsal.stack import Stack
 
+DEFAULT_RUN_DIR = ROOT / ".run" / "bench"
 PARTS = ("p1", "p2", "profile", "overhead", "p4", "p3", "stress")
 
 
@@ -70,7 +71,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--stress-runs", type=int, default=20, help="stress: rollbacks in a row (default 20)")
     parser.add_argument("--stress-databases", type=int, default=100, help="stress: databases each (default 100)")
     parser.add_argument("--only", help=f"comma list of parts to run, of {','.join(PARTS)} (default all)")
-    parser.add_argument("--run-dir", type=Path, default=ROOT / ".run" / "bench", help="the stack's run folder")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=DEFAULT_RUN_DIR,
+        help="the stack's run folder (default .run/bench, made afresh by every run without --keep-stack)",
+    )
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "out", help="raw data folder (default bench/out)")
     parser.add_argument(
         "--project",
@@ -154,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     shutil.rmtree(args.out, ignore_errors=True)
     args.out.mkdir(parents=True)
+    if args.run_dir.resolve() == DEFAULT_RUN_DIR.resolve() and not args.keep_stack:
+        # The bench's own stack starts fresh: archives left by earlier runs' rollbacks would make the
+        # setup's deploy.yml refuse to restore over the rows written since (seen here).
+        Stack(args.run_dir).down()
+        shutil.rmtree(args.run_dir, ignore_errors=True)
     stack = Stack(args.run_dir)
     try:
         code = measure_all(args, stack, results, results_file)

@@ -49,6 +49,7 @@ use_module_utils()
 
 import yaml  # noqa: E402
 from ansible.module_utils.audit_crosscheck import run_audit_verify  # noqa: E402
+from ansible.module_utils.audit_facts import audit_databases  # noqa: E402
 from ansible.module_utils.audit_guard import GuardInput, check_request  # noqa: E402
 from ansible.module_utils.audit_options import audit_verify_spec  # noqa: E402
 from ansible.module_utils.audit_run import AuditSession  # noqa: E402
@@ -376,15 +377,7 @@ class Floor:
                 "audit_chain": audit.get("msg", "not checked"),
                 "earlier_aborted_runs": [r["run_id"] for r in audit.get("aborted_runs") or []],
                 "accepted_data_statements": plan.get("accepted_data_statements", []),
-                "plan": {
-                    db["name"]: {
-                        "from_revision": db.get("from_revision"),
-                        "sql_sha256": db.get("sql_sha256"),
-                        "drops": db.get("drops") or [],
-                        "data_statements": db.get("data_statements") or [],
-                    }
-                    for db in plan["databases"]
-                },
+                "plan": audit_databases(plan["databases"], "plan"),  # the filter rollback_audit_databases('plan')
             }
         )
         self.facts["plan_seconds"] = round(time.perf_counter() - began, 4)
@@ -461,20 +454,7 @@ class Floor:
         )
         result = ok(run_schema_migration(params), "schema")
         self.facts["schema_result"] = result
-        self.facts["databases"] = {
-            r["name"]: {
-                "revision_before": r["from_revision"],
-                "revision_after": r["to_revision"],
-                "changed": r["changed"],
-                "failed": r.get("failed", False),
-                "sql_sha256": r.get("sql_sha256", ""),
-                "archive": r.get("archive"),
-                "attempts": r["attempts"],
-                "lock_wait_seconds": r["lock_wait_seconds"],
-                "duration_seconds": r.get("duration_seconds"),
-            }
-            for r in result["databases"]
-        }
+        self.facts["databases"] = audit_databases(result["databases"], "revert")  # rollback_audit_databases('revert')
         self._publish({"databases": self.facts["databases"]})
 
     def verify(self) -> None:
