@@ -151,6 +151,20 @@ def current_revision(dsn: str) -> str | None:
         conn.close()
 
 
+def drop_rollback_archives(dsn: str) -> None:
+    """Forget earlier rehearsals' rollback archives (schema `rollback_archive`, which `up` does not create).
+
+    A stack shared by many tests is reset between them; an archive left by one test's rollback would
+    otherwise be restored, or refused as conflicting, by the next test's deploy.yml.
+    """
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute("DROP SCHEMA IF EXISTS rollback_archive CASCADE")
+    finally:
+        conn.close()
+
+
 def prepare_database(cluster: PostgresCluster, dbname: str, migrator_secret: str) -> None:
     """Create `dbname` (owner migrator), grant app_rw, migrate to the baseline if it has no revision, seed."""
     cluster.create_database(dbname, owner=MIGRATOR)

@@ -609,7 +609,8 @@ class Stack:
         self.unleash.set_flag(enabled, FLAG, PROJECT, ENVIRONMENT)
 
     def reset(self, timeout: float = 30) -> None:
-        """Back to the state `up` leaves: flag off, every instance on the legacy path, databases at the baseline.
+        """Back to the state `up` leaves: flag off, every instance on the legacy path, databases at the baseline
+        with no rollback archive.
 
         For tests that share one stack: the flag goes off first and the instances must report the
         legacy path before the feature's schema is downgraded (the safe order).
@@ -624,6 +625,7 @@ class Stack:
                 appdb.seed(dsn)
             elif current != appdb.BASELINE:
                 appdb.migrate(dsn, appdb.BASELINE, direction="downgrade")
+            appdb.drop_rollback_archives(dsn)
 
     def app_statuses(self) -> list[dict]:
         return [requests.get(self.url(name) + "/status", timeout=5).json() for name in APPS]

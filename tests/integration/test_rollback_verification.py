@@ -8,9 +8,12 @@ the output, the alert and the audit say `inconclusive` and name what could not b
 from __future__ import annotations
 
 import json
+import time
 
 import psycopg2
 import pytest
+
+from rehearsal.prometheus import JOB
 
 pytestmark = pytest.mark.integration
 
@@ -76,8 +79,22 @@ def assert_inconclusive(stack, run, mails_before: int, says: str) -> dict:
     return record
 
 
+def wait_until_prometheus_sees_no_traffic(stack, window: str, timeout: float = 60) -> None:
+    """The shared stack's previous test may have sent traffic: wait until the window holds none."""
+    expr = f'sum(increase(http_requests_total{{job="{JOB}",path="/transform"}}[{window}]))'
+    deadline = time.monotonic() + timeout
+    while True:
+        series = stack.prometheus_query(expr)
+        if not series or float(series[0]["value"][1]) < 1:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Prometheus still sees traffic in the last {window} after {timeout:g} s: {series}")
+        time.sleep(1)
+
+
 def test_a_rollback_without_traffic_is_inconclusive_not_verified(deployed_quiet, playbook):
     stack = deployed_quiet
+    wait_until_prometheus_sees_no_traffic(stack, "10s")
     mails_before = len(stack.mails())
     run = rollback(playbook, stack, rollback_verify_error_rate_range="10s")
     record = assert_inconclusive(stack, run, mails_before, "fewer than the minimum 20 to judge a ratio")
