@@ -18,6 +18,7 @@ from drills import context, results
 from drills.context import DrillError, Scenario
 from drills.drill import OPERATOR, Request, _check, _Load, _record, _say, _slug, observe
 from drills.runner import PlaybookRun, sink_counts, sink_messages
+from rehearsal import lockwaits
 
 # One row of transformation_jobs (or of its archive, whose stage is text) as text.
 JOB_ROW = (
@@ -159,6 +160,8 @@ def deploy(name: str, label: str, request: Request) -> dict:
     scenario, the_stack = Scenario(name), context.stack()
     label = scenario.unique_label(label)
     since = sink_counts(the_stack)
+    lockwaits.enable(the_stack.cluster)
+    waits = lockwaits.LockWaitLog(the_stack.cluster)
     with contextlib.ExitStack() as scope:
         load = scope.enter_context(_Load(the_stack, request.load_rate, scenario.dir / f"load-{_slug(label)}.jsonl"))
         env = context.playbook_env(the_stack, scenario.audit_file)
@@ -173,7 +176,13 @@ def deploy(name: str, label: str, request: Request) -> dict:
         run.start()
         run.wait(timeout=600)
     record = _record(
-        run, scenario=scenario, request=request, load=load, sinks=sink_messages(the_stack, since), fault={}
+        run,
+        scenario=scenario,
+        request=request,
+        load=load,
+        sinks=sink_messages(the_stack, since),
+        fault={},
+        lock_waits=[wait.as_dict() for wait in waits.read()],
     )
     record["kind"] = "deploy"
     record["after"] = observe(the_stack)
