@@ -10,6 +10,7 @@ PostgreSQL cancelling the timed-out request and waking the next waiter.
 
 from __future__ import annotations
 
+import multiprocessing
 import secrets
 import threading
 import time
@@ -18,7 +19,16 @@ import psycopg2
 
 from rehearsal.lockwaits import LOCK_WAIT_MARGIN, SETTINGS, LockWaitLog
 
-__all__ = ["LOCK_WAIT_MARGIN", "Blocker", "LockWaitLog", "Reader", "log_lock_waits", "module_sessions", "wait_for"]
+__all__ = [
+    "LOCK_WAIT_MARGIN",
+    "Blocker",
+    "LockWaitLog",
+    "Reader",
+    "log_lock_waits",
+    "module_sessions",
+    "two_racing_runs",
+    "wait_for",
+]
 
 
 def log_lock_waits(cluster, dbname: str) -> None:
@@ -94,3 +104,22 @@ def module_sessions(db, waiting_on: str | None = None) -> list[tuple]:
     if waiting_on is None:
         return rows
     return [r for r in rows if r[1] == "Lock" and r[2] == waiting_on]
+
+
+def two_racing_runs(db, target, blocker: Blocker) -> list[dict]:
+    """`target(dsn, queue)` twice, each in its own process, while `blocker` holds the table the change needs.
+
+    Once PostgreSQL shows one of them waiting for the runbook's advisory lock (the other holds it), the
+    blocker lets go; returns both results. (Forked from pytest's own process, which has no threads.)
+    """
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    workers = [context.Process(target=target, args=(db.dsn, queue)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    wait_for(lambda: module_sessions(db, waiting_on="advisory"), "a run waiting on the advisory lock")
+    blocker.release()
+    results = [queue.get(timeout=120) for _ in workers]
+    for worker in workers:
+        worker.join(timeout=30)
+    return results

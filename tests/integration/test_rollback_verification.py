@@ -8,12 +8,12 @@ the output, the alert and the audit say `inconclusive` and name what could not b
 from __future__ import annotations
 
 import json
-import time
 
 import psycopg2
 import pytest
 
 from rehearsal.prometheus import JOB
+from tests.integration.locking import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -79,17 +79,15 @@ def assert_inconclusive(stack, run, mails_before: int, says: str) -> dict:
     return record
 
 
-def wait_until_prometheus_sees_no_traffic(stack, window: str, timeout: float = 60) -> None:
+def wait_until_prometheus_sees_no_traffic(stack, window: str) -> None:
     """The shared stack's previous test may have sent traffic: wait until the window holds none."""
     expr = f'sum(increase(http_requests_total{{job="{JOB}",path="/transform"}}[{window}]))'
-    deadline = time.monotonic() + timeout
-    while True:
+
+    def quiet() -> bool:
         series = stack.prometheus_query(expr)
-        if not series or float(series[0]["value"][1]) < 1:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Prometheus still sees traffic in the last {window} after {timeout:g} s: {series}")
-        time.sleep(1)
+        return not series or float(series[0]["value"][1]) < 1
+
+    wait_for(quiet, f"Prometheus to see no traffic in the last {window}", timeout=60, interval=1)
 
 
 def test_a_rollback_without_traffic_is_inconclusive_not_verified(deployed_quiet, playbook):

@@ -9,7 +9,6 @@ holds every row that left, and whatever is refused changes nothing.
 from __future__ import annotations
 
 import hashlib
-import multiprocessing
 import threading
 
 import pytest
@@ -29,6 +28,7 @@ from tests.integration.locking import (
     Reader,
     log_lock_waits,
     module_sessions,
+    two_racing_runs,
     wait_for,
 )
 
@@ -221,17 +221,7 @@ def _ef_in_process(dsn: str, queue) -> None:
 
 
 def test_two_concurrent_runs_end_with_one_change(ef_db):
-    blocker = Blocker(ef_db.dsn, '"TransformationJobs"')
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    workers = [context.Process(target=_ef_in_process, args=(ef_db.dsn, queue)) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    wait_for(lambda: module_sessions(ef_db, waiting_on="advisory"), "a run waiting on the advisory lock")
-    blocker.release()
-    results = [queue.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=30)
+    results = two_racing_runs(ef_db, _ef_in_process, Blocker(ef_db.dsn, '"TransformationJobs"'))
     assert not any(r["failed"] for r in results), [r["msg"] for r in results]
     assert sorted(r["changed"] for r in results) == [False, True]
     assert history(ef_db) == [LEGACY_ID]

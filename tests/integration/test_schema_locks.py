@@ -7,7 +7,6 @@ lock_timeout) is measured by PostgreSQL (log_lock_waits, see locking.py); everyt
 """
 
 import json
-import multiprocessing
 import re
 import threading
 
@@ -23,6 +22,7 @@ from tests.integration.locking import (
     Reader,
     log_lock_waits,
     module_sessions,
+    two_racing_runs,
     wait_for,
 )
 
@@ -131,18 +131,7 @@ def _revert_in_process(dsn: str, queue) -> None:
 
 def test_two_concurrent_rollbacks_end_with_one_change(app_db):
     """Both start while a reader blocks the downgrade: one waits on the advisory lock, then has nothing to do."""
-    blocker = Blocker(app_db.dsn)
-    context = multiprocessing.get_context("fork")
-    queue = context.Queue()
-    workers = [context.Process(target=_revert_in_process, args=(app_db.dsn, queue)) for _ in range(2)]
-    for worker in workers:
-        worker.start()
-    # PostgreSQL shows one revert waiting for the runbook's advisory lock: the other holds it.
-    wait_for(lambda: module_sessions(app_db, waiting_on="advisory"), "a revert waiting on the advisory lock")
-    blocker.release()
-    results = [queue.get(timeout=120) for _ in workers]
-    for worker in workers:
-        worker.join(timeout=30)
+    results = two_racing_runs(app_db, _revert_in_process, Blocker(app_db.dsn))
     assert not any(r["failed"] for r in results), [r["msg"] for r in results]
     assert sorted(r["changed"] for r in results) == [False, True]
     waited = next(r for r in results if not r["changed"])
