@@ -41,7 +41,6 @@ import contextlib
 import datetime as dt
 import email
 import email.policy
-import ipaddress
 import json
 import os
 import secrets
@@ -54,6 +53,8 @@ from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs
+
+from rehearsal.pgtls import make_certificates
 
 MAX_ATTACHMENTS = 100
 MAX_BODY = 1024 * 1024
@@ -293,69 +294,22 @@ def pagerduty_incidents(records: list[dict]) -> list[dict]:
 
 
 # -- TLS of the SMTP sink: a test CA made at start ----------------------------------------------------
-def ensure_test_tls(directory: Path, host: str = "127.0.0.1", days: int = 30) -> dict[str, Path]:
+def ensure_test_tls(directory: Path, host: str = "127.0.0.1") -> dict[str, Path]:
     """A test CA and a server certificate for `host` in `directory` (made now unless valid ones exist).
 
     `ca.pem` is what clients trust; `server.pem`/`server.key` (0600) are the sink's. Nothing here is
     committed: the run folder is git-ignored, and every new run folder gets a new CA.
     """
     from cryptography import x509  # noqa: PLC0415 - only the SMTP sink with TLS needs it
-    from cryptography.hazmat.primitives import hashes, serialization  # noqa: PLC0415
-    from cryptography.hazmat.primitives.asymmetric import ec  # noqa: PLC0415
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID  # noqa: PLC0415
 
     files = {"ca": directory / "ca.pem", "cert": directory / "server.pem", "key": directory / "server.key"}
-    now = datetime.now(UTC)
     if all(f.exists() for f in files.values()):
         current = x509.load_pem_x509_certificate(files["cert"].read_bytes())
-        if current.not_valid_after_utc - now > dt.timedelta(days=1):
+        if current.not_valid_after_utc - datetime.now(UTC) > dt.timedelta(days=1):
             return files
-
-    def name(common_name: str) -> x509.Name:
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name(f"rehearsal SMTP test CA {secrets.token_hex(4)}")
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name(host))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=days))
-        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    directory.mkdir(parents=True, exist_ok=True)
+    made = make_certificates(directory, host, f"rehearsal SMTP test CA {secrets.token_hex(4)}")
     directory.chmod(0o700)
-    fd = os.open(files["key"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as out:
-        out.write(
-            key.private_bytes(
-                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-            )
-        )
-    files["cert"].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    files["ca"].write_bytes(ca.public_bytes(serialization.Encoding.PEM))  # last: its presence means "ready"
-    return files
+    return {"ca": made.ca_cert, "cert": made.server_cert, "key": made.server_key}
 
 
 def server_tls_context(files: dict[str, Path]) -> ssl.SSLContext:
